@@ -1,0 +1,1 @@
+"""The course shell: lesson manifest and the ``python -m course`` commands."""

@@ -1,0 +1,85 @@
+"""``python -m course list | doctor | build [--check] | bench``"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from course import manifest
+
+
+def _selected(keys: list[str]) -> list[manifest.Lesson]:
+    lessons = [manifest.find(k) for k in keys] if keys else manifest.available_lessons()
+    missing = [l.filename for l in lessons if not l.available]
+    if missing:
+        raise SystemExit(f"Not written yet: {', '.join(missing)}")
+    return lessons
+
+
+def cmd_list(args) -> int:
+    print(f"{'#':<3} {'lesson':<46} {'CPU min':>7} {'GPU min':>7}  status")
+    for l in manifest.LESSONS:
+        print(f"{l.id:<3} {l.title:<46} {l.minutes_cpu:>7} {l.minutes_gpu:>7}  "
+              f"{'ready: lessons/' + l.filename if l.available else 'coming soon'}")
+        if args.verbose:
+            for objective in l.objectives:
+                print(f"      - {objective}")
+    return 0
+
+
+def cmd_doctor(args) -> int:
+    from course.doctor import main
+
+    return main()
+
+
+def cmd_build(args) -> int:
+    from course.build import build, check
+
+    lessons = _selected(args.lessons)
+    if args.check:
+        problems = check(lessons)
+        for problem in problems:
+            print("✗", problem)
+        print("lessons/ is current with solutions/." if not problems else f"{len(problems)} problem(s).")
+        return 1 if problems else 0
+    build(lessons, execute_notebooks=not args.no_execute)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from course.bench import bench
+    from rlhf_helpers.env import get_profile
+
+    bench(_selected(args.lessons), get_profile(args.profile).name)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m course", description="RLHF from scratch: the course shell")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("list", help="the lessons in order")
+    p.add_argument("-v", "--verbose", action="store_true", help="also print each lesson's objectives")
+    p.set_defaults(func=cmd_list)
+    sub.add_parser("doctor", help="check this machine: versions, device, profile, offline").set_defaults(func=cmd_doctor)
+    p = sub.add_parser("build", help="regenerate lessons/ from solutions/ and re-execute both")
+    p.add_argument("lessons", nargs="*", help="lesson numbers or slugs (default: all)")
+    p.add_argument("--check", action="store_true", help="write nothing; fail if lessons/ drifted")
+    p.add_argument("--no-execute", action="store_true", help="regenerate sources without running them")
+    p.set_defaults(func=cmd_build)
+    p = sub.add_parser("bench", help="time each lesson and record its key figures")
+    p.add_argument("lessons", nargs="*", help="lesson numbers or slugs (default: all)")
+    p.add_argument("--profile", help="cpu or gpu (default: $RLHF_PROFILE or automatic)")
+    p.set_defaults(func=cmd_bench)
+    args = parser.parse_args(argv)
+    from rlhf_helpers.env import CourseConfigError
+
+    try:
+        return args.func(args)
+    except CourseConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""Where the course runs: device, seed, profile, and the offline guard.
+
+A *profile* sets sizes only (model width and depth, steps, batch, number of prompts); the code
+path is the same on every device. ``cpu`` is sized so that each lesson finishes in a few minutes
+on a 2-core laptop and still visibly learns; ``gpu`` trains a bigger model for longer.
+
+Environment variables a learner or instructor may set:
+
+``RLHF_PROFILE``   ``cpu`` or ``gpu`` (default: ``gpu`` when CUDA is available, else ``cpu``)
+``RLHF_DEVICE``    ``cpu``, ``cuda`` or ``mps`` (default: the best available)
+``RLHF_ALLOW_HUB`` ``1`` to let the Hugging Face libraries reach the network (default: offline)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import random
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+PROFILE_VAR = "RLHF_PROFILE"
+DEVICE_VAR = "RLHF_DEVICE"
+ALLOW_HUB_VAR = "RLHF_ALLOW_HUB"
+OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
+
+
+class CourseConfigError(ValueError):
+    """A setting the course cannot use; the message says what to do instead."""
+
+
+@dataclass(frozen=True)
+class GPTSizes:
+    """The lesson-02 GPT: its shape and how long it trains."""
+
+    n_layer: int
+    n_head: int
+    n_embd: int
+    block_size: int  # context length in tokens
+    batch_size: int
+    max_steps: int
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes for one kind of machine. Nothing here changes *what* the code does."""
+
+    name: str
+    description: str
+    gpt: GPTSizes
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+PROFILES: dict[str, Profile] = {
+    "cpu": Profile(
+        name="cpu",
+        description="a laptop CPU: small models, each lesson in a few minutes",
+        gpt=GPTSizes(n_layer=4, n_head=4, n_embd=128, block_size=128, batch_size=32, max_steps=1500),
+    ),
+    "gpu": Profile(
+        name="gpu",
+        description="one CUDA GPU: a bigger model trained longer, same code",
+        gpt=GPTSizes(n_layer=8, n_head=8, n_embd=512, block_size=256, batch_size=64, max_steps=5000),
+    ),
+}
+
+
+def get_profile(name: str | None = None) -> Profile:
+    """The profile named, else ``$RLHF_PROFILE``, else ``gpu`` with CUDA and ``cpu`` without."""
+    name = name or os.environ.get(PROFILE_VAR) or ("gpu" if torch.cuda.is_available() else "cpu")
+    key = name.strip().lower()
+    if key not in PROFILES:
+        raise CourseConfigError(
+            f"Unknown profile {name!r}. Valid profiles: {', '.join(PROFILES)}. "
+            f"Set {PROFILE_VAR} to one of them, or unset it to choose automatically."
+        )
+    return PROFILES[key]
+
+
+def _mps_is_reliable() -> bool:
+    """Apple's MPS backend: used when present and built (torch >= 2.x handles our ops)."""
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps and mps.is_available() and mps.is_built())
+
+
+def get_device(name: str | None = None) -> torch.device:
+    """CUDA, then Apple MPS, then CPU, unless ``name`` or ``$RLHF_DEVICE`` says otherwise."""
+    name = name or os.environ.get(DEVICE_VAR)
+    if name:
+        key = name.strip().lower()
+        available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": _mps_is_reliable()}
+        if key not in available:
+            raise CourseConfigError(
+                f"Unknown device {name!r}. Valid devices: cpu, cuda, mps. Set {DEVICE_VAR} to one "
+                "of them, or unset it to choose automatically."
+            )
+        if not available[key]:
+            raise CourseConfigError(
+                f"{DEVICE_VAR}={name} but this machine has no {key} device. Unset {DEVICE_VAR} "
+                "to use the best device available."
+            )
+        return torch.device(key)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if _mps_is_reliable():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int = 1337) -> None:
+    """Seed Python, NumPy and PyTorch (all devices) so runs repeat."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds CUDA and MPS generators
+
+
+def hub_allowed() -> bool:
+    """True only when the learner opted in to the network with ``RLHF_ALLOW_HUB=1``."""
+    return os.environ.get(ALLOW_HUB_VAR, "").strip().lower() in {"1", "true", "yes"}
+
+
+def go_offline() -> None:
+    """Tell the Hugging Face libraries never to reach the network (unless opted in).
+
+    The course ships or generates everything it needs; these switches make a stray
+    ``from_pretrained("some/hub-name")`` fail fast with a clear error instead of hanging on
+    conference Wi-Fi. They must be set before ``transformers`` or ``datasets`` is imported,
+    which is why ``import rlhf_helpers`` calls this.
+    """
+    if hub_allowed():
+        return
+    for var in OFFLINE_VARS:
+        os.environ.setdefault(var, "1")
+
+
+@contextlib.contextmanager
+def network_blocked():
+    """Inside this block any attempt to open a network connection raises ``OSError``.
+
+    The course's tests and ``python -m course doctor`` use it to prove that nothing needs the
+    network: a hidden download would fail loudly here instead of succeeding on a lucky day.
+    """
+    def refuse(*args, **kwargs):
+        raise OSError("network access attempted while the network is blocked")
+
+    saved = socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo, socket.create_connection
+    socket.socket.connect = socket.socket.connect_ex = refuse
+    socket.getaddrinfo = socket.create_connection = refuse
+    try:
+        yield
+    finally:
+        socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo, socket.create_connection = saved
