@@ -7,7 +7,7 @@ from pathlib import Path
 import nbformat
 
 from course.execute import execute
-from course.manifest import LESSONS_DIR, SOLUTIONS_DIR, Lesson, available_lessons
+from course.manifest import LESSONS_DIR, ROOT, SOLUTIONS_DIR, Lesson, available_lessons, course_map_markdown
 from course.notebooks import drift, make_lesson, unexecuted_cells
 
 
@@ -22,8 +22,20 @@ def _write(nb: nbformat.NotebookNode, path: Path) -> None:
     tmp.replace(path)  # a failed build never leaves half a notebook
 
 
+MAP_START = "<!-- course-map: generated from course/manifest.py by `python -m course build` -->"
+MAP_END = "<!-- /course-map -->"
+
+
+def readme_with_current_map(readme: str) -> str:
+    """The README text with its course-map block replaced by the manifest's table."""
+    start, end = readme.index(MAP_START) + len(MAP_START), readme.index(MAP_END)
+    return readme[:start] + "\n" + course_map_markdown() + "\n" + readme[end:]
+
+
 def build(lessons: list[Lesson], *, execute_notebooks: bool = True) -> None:
     """Execute each solution, derive its lesson, execute that, and write both."""
+    readme = ROOT / "README.md"
+    readme.write_text(readme_with_current_map(readme.read_text()))
     for lesson in lessons:
         solution = _read(lesson.solution_path)
         if execute_notebooks:
@@ -40,6 +52,9 @@ def build(lessons: list[Lesson], *, execute_notebooks: bool = True) -> None:
 def check(lessons: list[Lesson] | None = None) -> list[str]:
     """Problems that ``build`` would fix; writes nothing. Empty means lessons/ is current."""
     problems = []
+    readme = (ROOT / "README.md").read_text()
+    if readme_with_current_map(readme) != readme:
+        problems.append("README.md's course map differs from course/manifest.py: run `python -m course build`")
     lessons = available_lessons() if lessons is None else lessons
     known = {lesson.filename for lesson in available_lessons()}
     for stray in sorted(LESSONS_DIR.glob("*.ipynb")):

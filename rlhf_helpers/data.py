@@ -97,7 +97,8 @@ def markdown_to_speeches(markdown: str) -> list[tuple[str, str]]:
         match = _SPEAKER.match(raw.strip())
         if match:
             flush()
-            speaker, body = _clean_line(match.group("name")), []
+            # a colon inside a name ("ROSENCRANTZ: & GUILDENSTERN:") would confuse the NAME: line
+            speaker, body = _clean_line(match.group("name").replace(":", "")), []
         elif raw.startswith("#"):  # a heading ends the current speech
             flush()
             speaker, body = None, []
@@ -159,7 +160,7 @@ def summarize(speeches: list[tuple[str, str, str]]) -> CorpusSummary:
 
 
 # Bump when the conversion changes, so cached corpora are rebuilt.
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2
 
 
 def corpus_config() -> dict:

@@ -1,0 +1,54 @@
+"""`python -m course list | doctor | bench` as a learner or instructor runs them."""
+
+import json
+import subprocess
+import sys
+
+from course import bench, manifest
+from course.manifest import ROOT
+
+
+def run_course(*args, env_extra=None):
+    import os
+
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "course", *args], cwd=ROOT, capture_output=True, text=True, env=env)
+
+
+def test_list_prints_every_lesson_in_order():
+    result = run_course("list")
+    assert result.returncode == 0
+    lines = result.stdout.splitlines()[1:]
+    assert [line.split()[0] for line in lines] == [l.id for l in manifest.LESSONS]
+    assert "ready: lessons/00_start_here.ipynb" in result.stdout
+
+
+def test_doctor_reports_versions_device_profile_and_offline(isolated_artifacts):
+    result = run_course("doctor")
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    for field in ("python", "torch", "transformers", "trl", "device", "profile", "artifacts", "kernel", "network"):
+        assert f"  {field} " in out
+    assert "OK with the network blocked" in out
+    assert str(isolated_artifacts) in out
+
+
+def test_doctor_fails_clearly_on_an_unknown_profile():
+    result = run_course("doctor", env_extra={"RLHF_PROFILE": "laptop"})
+    assert result.returncode == 1
+    assert "Unknown profile 'laptop'" in result.stdout
+
+
+def test_bench_rejects_unknown_profile_with_one_line():
+    result = run_course("bench", "--profile", "huge")
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("error: Unknown profile 'huge'")
+
+
+def test_bench_lesson_measures_time_memory_and_figures(tmp_path):
+    row = bench.bench_lesson(manifest.LESSONS[0], "cpu")
+    assert row["seconds"] > 0 and row["peak_mb"] > 50
+    assert row["figures"]["corpus_speeches"] > 30_000  # reported by the lesson itself
+    table = bench.format_table([row])
+    assert "00_start_here.ipynb" in table and "corpus_speeches" in table
+    json.dumps(row)  # the row is what the JSON file holds

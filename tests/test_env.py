@@ -1,0 +1,92 @@
+import socket
+
+import pytest
+import torch
+
+from rlhf_helpers import env
+
+
+def test_profile_defaults_to_cpu_without_cuda(monkeypatch):
+    monkeypatch.delenv(env.PROFILE_VAR, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert env.get_profile().name == "cpu"
+
+
+def test_profile_defaults_to_gpu_with_cuda(monkeypatch):
+    monkeypatch.delenv(env.PROFILE_VAR, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert env.get_profile().name == "gpu"
+
+
+def test_environment_variable_overrides_profile(monkeypatch):
+    monkeypatch.setenv(env.PROFILE_VAR, "GPU")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert env.get_profile().name == "gpu"
+    assert env.get_profile("cpu").name == "cpu"  # an explicit argument wins
+
+
+def test_unknown_profile_is_one_clear_error_listing_valid_ones(monkeypatch):
+    monkeypatch.setenv(env.PROFILE_VAR, "laptop")
+    with pytest.raises(env.CourseConfigError) as err:
+        env.get_profile()
+    message = str(err.value)
+    assert "'laptop'" in message and "cpu, gpu" in message and env.PROFILE_VAR in message
+
+
+def test_profiles_differ_only_in_sizes():
+    cpu, gpu = env.PROFILES["cpu"], env.PROFILES["gpu"]
+    assert type(cpu.gpt) is type(gpu.gpt)
+    assert gpu.gpt.n_embd > cpu.gpt.n_embd and gpu.gpt.max_steps > cpu.gpt.max_steps
+    assert cpu.gpt.n_embd % cpu.gpt.n_head == 0 and gpu.gpt.n_embd % gpu.gpt.n_head == 0
+
+
+def test_device_choice(monkeypatch):
+    monkeypatch.delenv(env.DEVICE_VAR, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(env, "_mps_is_reliable", lambda: False)
+    assert env.get_device().type == "cpu"
+    monkeypatch.setattr(env, "_mps_is_reliable", lambda: True)
+    assert env.get_device().type == "mps"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert env.get_device().type == "cuda"
+
+
+def test_device_override_errors(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv(env.DEVICE_VAR, "cuda")
+    with pytest.raises(env.CourseConfigError, match="no cuda device"):
+        env.get_device()
+    monkeypatch.setenv(env.DEVICE_VAR, "tpu")
+    with pytest.raises(env.CourseConfigError, match="Valid devices: cpu, cuda, mps"):
+        env.get_device()
+    monkeypatch.setenv(env.DEVICE_VAR, "cpu")
+    assert env.get_device().type == "cpu"
+
+
+def test_seed_everything_repeats_random_draws():
+    env.seed_everything(7)
+    first = torch.randn(5)
+    env.seed_everything(7)
+    assert torch.equal(first, torch.randn(5))
+    env.seed_everything(8)
+    assert not torch.equal(first, torch.randn(5))
+
+
+def test_go_offline_sets_hub_switches_unless_opted_in(monkeypatch):
+    for var in env.OFFLINE_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv(env.ALLOW_HUB_VAR, "1")
+    env.go_offline()
+    assert all(var not in __import__("os").environ for var in env.OFFLINE_VARS)
+    monkeypatch.delenv(env.ALLOW_HUB_VAR)
+    env.go_offline()
+    assert all(__import__("os").environ[var] == "1" for var in env.OFFLINE_VARS)
+
+
+def test_network_blocked_refuses_connections_and_restores():
+    with env.network_blocked():
+        with pytest.raises(OSError, match="network"):
+            socket.create_connection(("127.0.0.1", 9))
+        with pytest.raises(OSError, match="network"):
+            socket.getaddrinfo("example.org", 80)
+    assert socket.getaddrinfo("127.0.0.1", 80)  # works again afterwards (no DNS needed)
