@@ -42,6 +42,7 @@ class GPTSizes:
     block_size: int  # context length in tokens
     batch_size: int
     max_steps: int
+    lr: float  # peak AdamW learning rate (warmup, then cosine decay to a tenth)
 
 
 @dataclass(frozen=True)
@@ -60,12 +61,13 @@ PROFILES: dict[str, Profile] = {
     "cpu": Profile(
         name="cpu",
         description="a laptop CPU: small models, each lesson in a few minutes",
-        gpt=GPTSizes(n_layer=4, n_head=4, n_embd=128, block_size=128, batch_size=32, max_steps=1500),
+        # ~1.07 M parameters with the 2 k course tokenizer; ~1.2 M training tokens, ~2.5 minutes
+        gpt=GPTSizes(n_layer=4, n_head=4, n_embd=128, block_size=128, batch_size=8, max_steps=1200, lr=2e-3),
     ),
     "gpu": Profile(
         name="gpu",
         description="one CUDA GPU: a bigger model trained longer, same code",
-        gpt=GPTSizes(n_layer=8, n_head=8, n_embd=512, block_size=256, batch_size=64, max_steps=5000),
+        gpt=GPTSizes(n_layer=8, n_head=8, n_embd=512, block_size=256, batch_size=64, max_steps=5000, lr=6e-4),
     ),
 }
 

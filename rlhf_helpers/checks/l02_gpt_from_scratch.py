@@ -1,0 +1,113 @@
+"""Lesson 02's exercises: the core pieces of a GPT, checked against the reference model."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch.nn import functional as F
+
+from rlhf_helpers.exercises import Case, check
+from rlhf_helpers.gpt import Block, GPTConfig
+
+
+def reference_causal_average(x: torch.Tensor) -> torch.Tensor:
+    """out[:, t] = mean of x[:, :t+1]: each position averages itself and everything before it."""
+    counts = torch.arange(1, x.size(1) + 1, dtype=x.dtype, device=x.device).view(1, -1, 1)
+    return x.cumsum(dim=1) / counts
+
+
+def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal scaled dot-product attention over the last two dimensions ``(..., T, head_size)``."""
+    T = q.size(-2)
+    att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))
+    mask = torch.tril(torch.ones(T, T, dtype=torch.bool, device=q.device))
+    return F.softmax(att.masked_fill(~mask, float("-inf")), dim=-1) @ v
+
+
+def reference_multi_head_attention(q, k, v, n_head: int, attention: Callable = reference_attention):
+    """Split ``(B, T, C)`` into ``n_head`` heads, attend in each, put the heads side by side again."""
+    B, T, C = q.shape
+    split = lambda t: t.view(B, T, n_head, C // n_head).transpose(1, 2)  # (B, nh, T, hs)
+    y = attention(split(q), split(k), split(v))
+    return y.transpose(1, 2).contiguous().view(B, T, C)
+
+
+def reference_block_forward(block: Block, x: torch.Tensor) -> torch.Tensor:
+    """Pre-LayerNorm residual block: x + attn(ln_1(x)), then + mlp(ln_2(x))."""
+    x = x + block.attn(block.ln_1(x))
+    return x + block.mlp(block.ln_2(x))
+
+
+def reference_top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep every logit >= the k-th largest in its row; set the rest to -inf."""
+    kth = torch.topk(logits, min(k, logits.size(-1)), dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def _randn(*shape, seed: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _block(seed: int, n_embd: int = 16, n_head: int = 4) -> Block:
+    torch.manual_seed(seed)
+    block = Block(GPTConfig(vocab_size=10, block_size=8, n_layer=2, n_head=n_head, n_embd=n_embd)).eval()
+    with torch.no_grad():  # give the LayerNorms non-trivial parameters, so a missing one shows
+        for p in block.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return block
+
+
+def check_causal_average(attempt: Callable) -> Callable:
+    __tracebackhide__ = True
+    cases = [Case((torch.tensor([[[1.0], [3.0], [5.0]]]),), about="one sequence, one channel"),
+             Case((_randn(2, 5, 3, seed=1),), about="a batch of 2, 5 steps, 3 channels"),
+             Case((_randn(1, 1, 4, seed=2),), about="a single time step")]
+    return check("Exercise 02.1 (causal averaging with a triangular matrix)", attempt,
+                 reference_causal_average, cases,
+                 hint="wei = torch.tril(torch.ones(T, T)); divide each row by its sum (keepdim=True); "
+                 "return wei @ x, which broadcasts over the batch.")
+
+
+def check_attention(attempt: Callable) -> Callable:
+    __tracebackhide__ = True
+    cases = [Case((_randn(1, 4, 2, seed=3), _randn(1, 4, 2, seed=4), _randn(1, 4, 2, seed=5)), about="one head"),
+             Case((_randn(2, 3, 6, 8, seed=6), _randn(2, 3, 6, 8, seed=7), _randn(2, 3, 6, 8, seed=8)),
+                  about="batch 2, 3 heads, T=6, head size 8: the 1/sqrt(8) scaling matters"),
+             Case((10 * _randn(1, 5, 4, seed=9), 10 * _randn(1, 5, 4, seed=10), _randn(1, 5, 4, seed=11)),
+                  about="large scores: is the future masked before the softmax?")]
+    return check("Exercise 02.2 (one head of causal self-attention)", attempt, reference_attention, cases,
+                 hint="scores = q @ k.transpose(-2, -1) / sqrt(head_size); fill positions above the "
+                 "diagonal (torch.tril) with -inf; softmax over the last dimension; multiply by v.")
+
+
+def check_multi_head_attention(attempt: Callable) -> Callable:
+    __tracebackhide__ = True
+    cases = [Case((_randn(1, 4, 8, seed=12), _randn(1, 4, 8, seed=13), _randn(1, 4, 8, seed=14), 2), about="2 heads"),
+             Case((_randn(3, 5, 12, seed=15), _randn(3, 5, 12, seed=16), _randn(3, 5, 12, seed=17), 4),
+                  about="batch 3, 4 heads of size 3"),
+             Case((_randn(2, 3, 6, seed=18), _randn(2, 3, 6, seed=19), _randn(2, 3, 6, seed=20), 1), about="1 head")]
+    return check("Exercise 02.3 (multi-head attention)", attempt, reference_multi_head_attention, cases,
+                 hint="view (B, T, C) as (B, T, n_head, C // n_head) and transpose(1, 2) to put heads "
+                 "before time; attend; transpose back, .contiguous().view(B, T, C).")
+
+
+def check_block_forward(attempt: Callable) -> Callable:
+    __tracebackhide__ = True
+    cases = [Case((_block(21), _randn(2, 6, 16, seed=22)), about="a block with 4 heads"),
+             Case((_block(23, n_embd=8, n_head=2), _randn(1, 3, 8, seed=24)), about="a smaller block")]
+    return check("Exercise 02.4 (a pre-LayerNorm transformer block)", attempt, reference_block_forward, cases,
+                 hint="Two residual steps: x = x + block.attn(block.ln_1(x)); then "
+                 "x = x + block.mlp(block.ln_2(x)). The LayerNorm goes *inside* the branch.")
+
+
+def check_top_k_filter(attempt: Callable) -> Callable:
+    __tracebackhide__ = True
+    cases = [Case((torch.tensor([1.0, 5.0, 3.0, 2.0]), 2), about="keep the two largest"),
+             Case((_randn(3, 10, seed=25), 3), about="a batch of rows"),
+             Case((torch.tensor([[0.5, 0.1, 0.9]]), 1), about="k = 1 is greedy"),
+             Case((torch.tensor([2.0, 1.0]), 5), about="k larger than the vocabulary keeps everything")]
+    return check("Exercise 02.5 (top-k filtering)", attempt, reference_top_k_filter, cases,
+                 hint="kth = torch.topk(logits, min(k, V), dim=-1).values[..., -1:] is each row's k-th "
+                 "largest; logits.masked_fill(logits < kth, float('-inf')).")

@@ -1,0 +1,38 @@
+"""The `base` artifact: the lesson-02 recipe, trained tiny, exported and reloaded."""
+
+import json
+
+import torch
+
+from rlhf_helpers import env, gpt
+
+TINY = env.Profile(name="tiny", description="for tests",
+                   gpt=env.GPTSizes(n_layer=1, n_head=2, n_embd=16, block_size=32, batch_size=4, max_steps=6, lr=3e-3))
+
+
+def test_base_artifact_trains_exports_and_reloads(monkeypatch, isolated_artifacts):
+    monkeypatch.setattr(env, "get_profile", lambda name=None: TINY)
+    folder = gpt.base_model_path()
+    assert folder.is_relative_to(isolated_artifacts / "base")
+    history, figures = gpt.base_history_and_figures()
+    assert [row["step"] for row in history][0] == 0 and history[-1]["step"] == 6
+    assert figures["parameters"] > 0 and figures["val_nats_per_char"] > 0
+    config = json.loads((folder / "model" / "config.json").read_text())
+    assert (config["n_layer"], config["n_embd"], config["n_positions"]) == (1, 16, 32)
+    assert (folder / "model" / "model.safetensors").exists()
+    assert not list(folder.rglob("*.bin")) and not list(folder.rglob("*.pt"))  # no pickles
+
+    model, tokenizer = gpt.load_base_model()
+    assert model.config.eos_token_id == tokenizer.eos_token_id == tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    assert model.config.pad_token_id == tokenizer.pad_token_id
+    ids = torch.tensor([tokenizer("ROMEO:\nBut soft")["input_ids"]])
+    ours = gpt.from_hf_gpt2(model)
+    with torch.no_grad():
+        assert (ours(ids)[0] - model(ids).logits).abs().max() < 1e-4
+    assert gpt.base_model_path() == folder  # cached: not trained again
+
+
+def test_base_config_depends_on_sizes_and_tokenizer():
+    cpu, gpu = gpt.base_config(env.PROFILES["cpu"]), gpt.base_config(env.PROFILES["gpu"])
+    assert cpu != gpu and cpu["tokenizer"] == gpu["tokenizer"]
+    assert cpu["gpt"]["n_embd"] == env.PROFILES["cpu"].gpt.n_embd
