@@ -1,6 +1,18 @@
-"""Shared fixtures: every test gets its own artifact folder, so tests never touch a learner's."""
+"""Shared fixtures: tests never touch a learner's artifacts folder.
+
+A session-wide folder covers module-scoped fixtures (built once per test file); each test then
+gets its own empty folder on top, unless it uses a module fixture's objects directly.
+"""
 
 import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_artifacts(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        folder = tmp_path_factory.mktemp("session-artifacts")
+        mp.setenv("RLHF_ARTIFACTS", str(folder))
+        yield folder
 
 
 @pytest.fixture(autouse=True)
