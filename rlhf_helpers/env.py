@@ -46,12 +46,23 @@ class GPTSizes:
 
 
 @dataclass(frozen=True)
+class SFTSizes:
+    """Lesson 03's supervised fine-tuning: how long, how wide, and how many prompts to judge."""
+
+    max_steps: int
+    batch_size: int
+    lr: float
+    eval_prompts: int  # held-out prompts generated for the instruction-following rate
+
+
+@dataclass(frozen=True)
 class Profile:
     """Sizes for one kind of machine. Nothing here changes *what* the code does."""
 
     name: str
     description: str
     gpt: GPTSizes
+    sft: SFTSizes
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -63,11 +74,13 @@ PROFILES: dict[str, Profile] = {
         description="a laptop CPU: small models, each lesson in a few minutes",
         # ~1.07 M parameters with the 2 k course tokenizer; ~1.2 M training tokens, ~2.5 minutes
         gpt=GPTSizes(n_layer=4, n_head=4, n_embd=128, block_size=128, batch_size=8, max_steps=1200, lr=2e-3),
+        sft=SFTSizes(max_steps=300, batch_size=16, lr=1e-3, eval_prompts=120),
     ),
     "gpu": Profile(
         name="gpu",
         description="one CUDA GPU: a bigger model trained longer, same code",
         gpt=GPTSizes(n_layer=8, n_head=8, n_embd=512, block_size=256, batch_size=64, max_steps=5000, lr=6e-4),
+        sft=SFTSizes(max_steps=1500, batch_size=32, lr=3e-4, eval_prompts=430),
     ),
 }
 

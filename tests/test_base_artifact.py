@@ -7,7 +7,8 @@ import torch
 from rlhf_helpers import env, gpt
 
 TINY = env.Profile(name="tiny", description="for tests",
-                   gpt=env.GPTSizes(n_layer=1, n_head=2, n_embd=16, block_size=32, batch_size=4, max_steps=6, lr=3e-3))
+                   gpt=env.GPTSizes(n_layer=1, n_head=2, n_embd=16, block_size=64, batch_size=4, max_steps=6, lr=3e-3),
+                   sft=env.SFTSizes(max_steps=4, batch_size=4, lr=1e-3, eval_prompts=6))
 
 
 def test_base_artifact_trains_exports_and_reloads(monkeypatch, isolated_artifacts):
@@ -18,7 +19,7 @@ def test_base_artifact_trains_exports_and_reloads(monkeypatch, isolated_artifact
     assert [row["step"] for row in history][0] == 0 and history[-1]["step"] == 6
     assert figures["parameters"] > 0 and figures["val_nats_per_char"] > 0
     config = json.loads((folder / "model" / "config.json").read_text())
-    assert (config["n_layer"], config["n_embd"], config["n_positions"]) == (1, 16, 32)
+    assert (config["n_layer"], config["n_embd"], config["n_positions"]) == (1, 16, 64)
     assert (folder / "model" / "model.safetensors").exists()
     assert not list(folder.rglob("*.bin")) and not list(folder.rglob("*.pt"))  # no pickles
 

@@ -1,0 +1,180 @@
+"""Supervised fine-tuning (lesson 03): teach the base model to answer instructions.
+
+Step 1 of the InstructGPT recipe. The demonstrations of ``rlhf_helpers.instructions`` become a
+*conversational prompt-completion* dataset; trl's ``SFTTrainer`` renders each with the course's
+ChatML template and computes the loss on the completion only (the prompt is masked with -100),
+and the result is saved as the ``sft`` artifact. Generation helpers measure the held-out
+instruction-following rate before and after.
+
+Left out: packing, LoRA (lesson 04), multi-turn data, evaluation during training.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import asdict
+
+import torch
+
+from rlhf_helpers import gpt, instructions
+
+SFT_VERSION = 1  # bump when the recipe changes, so cached SFT models are rebuilt
+SFT_SEED = 0
+
+
+def demonstrations_dataset(tasks: list[instructions.Task]):
+    """Tasks as a ``datasets.Dataset`` of chat prompts and completions, the format trl expects."""
+    from datasets import Dataset
+
+    return Dataset.from_list([
+        {"prompt": [{"role": "user", "content": t.prompt}],
+         "completion": [{"role": "assistant", "content": t.response}]}
+        for t in tasks
+    ])
+
+
+def sft_trainer_config(sizes, output_dir: str, **overrides):
+    """An ``SFTConfig`` for a CPU or a GPU: no bf16 or checkpointing on CPU, no saving, no hub."""
+    from trl import SFTConfig
+
+    on_gpu = torch.cuda.is_available()
+    settings = dict(
+        output_dir=output_dir, max_steps=sizes.max_steps, per_device_train_batch_size=sizes.batch_size,
+        learning_rate=sizes.lr, lr_scheduler_type="cosine", warmup_steps=max(1, sizes.max_steps // 20),
+        logging_steps=max(1, sizes.max_steps // 30), max_length=128, use_cpu=not on_gpu, bf16=False,
+        gradient_checkpointing=False, save_strategy="no", report_to=[], seed=SFT_SEED,
+        disable_tqdm=True, dataloader_num_workers=0,
+    )
+    return SFTConfig(**{**settings, **overrides})
+
+
+def chat_prompt(tokenizer, prompt: str) -> str:
+    """The text the model sees before it answers: the user turn, then the assistant's header."""
+    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
+@torch.no_grad()
+def generate_responses(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 40,
+                       temperature: float = 0.7, top_k: int = 50, seed: int = 0,
+                       batch_size: int = 64) -> list[str]:
+    """Sample one response per prompt through the chat template; stop at ``<|im_end|>``.
+
+    Prompts are left-padded so that every row's answer starts at the same position. The same
+    ``seed`` gives the same responses on the same device.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    stop_ids = [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id]
+    tokenizer.padding_side = "left"
+    torch.manual_seed(seed)
+    responses = []
+    for start in range(0, len(prompts), batch_size):
+        texts = [chat_prompt(tokenizer, p) for p in prompts[start:start + batch_size]]
+        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=temperature > 0,
+                             temperature=temperature if temperature > 0 else None, top_k=top_k if temperature > 0 else None,
+                             eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id)
+        new_tokens = out[:, batch["input_ids"].size(1):]
+        responses += [r.strip() for r in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+    return responses
+
+
+def following_rate(model, tokenizer, tasks: list[instructions.Task], **generation) -> tuple[float, list[str]]:
+    """The instruction-following rate on ``tasks``' prompts, and the responses it was judged on."""
+    prompts = [t.prompt for t in tasks]
+    responses = generate_responses(model, tokenizer, prompts, **generation)
+    return instructions.instruction_following_rate(prompts, responses), responses
+
+
+@torch.no_grad()
+def shakespeare_loss(model, ids: torch.Tensor, block_size: int = 128, batches: int = 20, batch_size: int = 8) -> float:
+    """Mean next-token loss of a Hugging Face causal LM on plain corpus windows (fixed windows)."""
+    model.eval()
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(0)
+    losses = []
+    for _ in range(batches):
+        x, _ = gpt.get_batch(ids, block_size, batch_size, generator, device)
+        losses.append(model(input_ids=x, labels=x).loss.item())
+    return sum(losses) / len(losses)
+
+
+def sft_config(profile=None) -> dict:
+    """What the ``sft`` artifact depends on: the base model, the SFT sizes, the data, the recipe."""
+    from rlhf_helpers.env import get_profile
+
+    profile = profile or get_profile()
+    return {"base": gpt.base_config(profile), "sft": asdict(profile.sft), "seed": SFT_SEED,
+            "tasks": "instructions.make_tasks('train')", "version": SFT_VERSION}
+
+
+def _progress_callback(progress):
+    """A ``TrainerCallback`` that drives a tqdm bar (the Trainer's own bar is switched off)."""
+    from transformers import TrainerCallback
+
+    class Progress(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            progress.reset(total=state.max_steps)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            progress.update()
+
+    return Progress()
+
+
+def train_sft(profile, progress=None):
+    """Fine-tune the base model on the training demonstrations; return (model, tokenizer, logs, seconds)."""
+    from transformers.trainer_callback import PrinterCallback
+    from trl import SFTTrainer
+
+    from rlhf_helpers.env import seed_everything
+
+    seed_everything(SFT_SEED)
+    model, tokenizer = gpt.load_base_model()
+    dataset = demonstrations_dataset(instructions.make_tasks("train"))
+    with tempfile.TemporaryDirectory() as out:
+        config = sft_trainer_config(profile.sft, out, max_length=model.config.n_positions)  # the context
+        trainer = SFTTrainer(model=model, args=config, train_dataset=dataset,
+                             processing_class=tokenizer,
+                             callbacks=[_progress_callback(progress)] if progress is not None else None)
+        trainer.remove_callback(PrinterCallback)  # logs go to log_history, not to the screen
+        start = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - start
+    return trainer.model.eval(), tokenizer, trainer.state.log_history, seconds
+
+
+def _build_sft(folder, progress) -> None:
+    from rlhf_helpers.env import get_profile
+
+    model, tokenizer, logs, seconds = train_sft(get_profile(), progress)
+    model.save_pretrained(folder / "model")  # safetensors
+    tokenizer.save_pretrained(folder / "model")
+    (folder / "log_history.json").write_text(json.dumps(logs, indent=1))
+    (folder / "figures.json").write_text(json.dumps({"sft_train_seconds": round(seconds, 1)}))
+
+
+def sft_model_path():
+    """The folder of the ``sft`` artifact (fine-tuned in about a minute on a CPU, if missing)."""
+    from rlhf_helpers import artifacts
+
+    return artifacts.fetch("sft", sft_config(), _build_sft, made_by="lesson 03 (rlhf_helpers.sft)")
+
+
+def load_sft_model():
+    """The SFT model as ``(GPT2LMHeadModel, tokenizer)``, in eval mode, on the course device."""
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+
+    from rlhf_helpers.env import get_device
+
+    folder = sft_model_path() / "model"
+    model = GPT2LMHeadModel.from_pretrained(str(folder)).to(get_device()).eval()
+    return model, AutoTokenizer.from_pretrained(str(folder))
+
+
+def sft_log_history() -> list[dict]:
+    """The Trainer's logged rows (step, loss, learning rate, ...) saved with the ``sft`` artifact."""
+    return json.loads((sft_model_path() / "log_history.json").read_text())

@@ -1,0 +1,42 @@
+"""The `sft` artifact: trl's SFTTrainer on the demonstrations, trained tiny, saved and reloaded."""
+
+import torch
+
+from rlhf_helpers import env, instructions, sft
+from tests.test_base_artifact import TINY
+
+
+def test_sft_artifact_trains_on_completions_only_and_reloads(monkeypatch, isolated_artifacts):
+    monkeypatch.setattr(env, "get_profile", lambda name=None: TINY)
+    folder = sft.sft_model_path()
+    assert folder.is_relative_to(isolated_artifacts / "sft") and (folder / "model" / "model.safetensors").exists()
+    losses = [row["loss"] for row in sft.sft_log_history() if "loss" in row]
+    assert len(losses) >= 2 and all(loss > 0 for loss in losses)
+    model, tokenizer = sft.load_sft_model()
+    tasks = instructions.make_tasks("heldout", n=6)
+    rate, responses = sft.following_rate(model, tokenizer, tasks, max_new_tokens=8)
+    assert 0.0 <= rate <= 1.0 and len(responses) == 6 and all(isinstance(r, str) for r in responses)
+    assert sft.generate_responses(model, tokenizer, [tasks[0].prompt], max_new_tokens=8, seed=3) == \
+        sft.generate_responses(model, tokenizer, [tasks[0].prompt], max_new_tokens=8, seed=3)
+
+
+def test_trl_masks_the_prompt_out_of_the_labels(monkeypatch):
+    """What lesson 03 teaches: the loss covers the answer (and its end token), not the prompt."""
+    from trl import SFTTrainer
+
+    from rlhf_helpers.tokenizers import course_tokenizer
+    from rlhf_helpers.gpt import GPT, GPTConfig, to_hf_gpt2
+
+    tokenizer = course_tokenizer()
+    model = to_hf_gpt2(GPT(GPTConfig(vocab_size=len(tokenizer), block_size=128, n_layer=1, n_head=2, n_embd=16)),
+                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    task = instructions.make_tasks("train", n=1)[0]
+    trainer = SFTTrainer(model=model, args=sft.sft_trainer_config(TINY.sft, "/tmp/unused-sft-output"),
+                         train_dataset=sft.demonstrations_dataset([task]), processing_class=tokenizer)
+    row = trainer.train_dataset[0]
+    prompt_len = len(tokenizer(sft.chat_prompt(tokenizer, task.prompt), add_special_tokens=False)["input_ids"])
+    labels = torch.tensor(row["labels"]) if "labels" in row else None
+    if labels is None:  # older trl: a completion mask instead of ready labels
+        labels = torch.tensor(row["input_ids"]).masked_fill(torch.tensor(row["completion_mask"]) == 0, -100)
+    assert (labels[:prompt_len] == -100).all() and (labels[prompt_len:] != -100).all()
+    assert tokenizer.decode(labels[prompt_len:]).startswith(task.response)
