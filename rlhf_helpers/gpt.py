@@ -612,15 +612,23 @@ def base_model_path():
     return artifacts.fetch("base", base_config(), _build_base, made_by="lesson 02 (rlhf_helpers.gpt)")
 
 
-def load_base_model():
-    """The base model as ``(GPT2LMHeadModel, tokenizer)``, in eval mode, on the course device."""
+def load_saved_model(folder):
+    """A GPT-2 saved with its tokenizer by ``save_pretrained`` (any stage's ``model/`` folder).
+
+    Returns ``(GPT2LMHeadModel, tokenizer)``, in eval mode, on the course device; the weights
+    come from safetensors, never from a pickle.
+    """
     from transformers import AutoTokenizer, GPT2LMHeadModel
 
     from rlhf_helpers.env import get_device
 
-    folder = base_model_path() / "model"
-    model = GPT2LMHeadModel.from_pretrained(str(folder)).to(get_device()).eval()
+    model = GPT2LMHeadModel.from_pretrained(str(folder), use_safetensors=True).to(get_device()).eval()
     return model, AutoTokenizer.from_pretrained(str(folder))
+
+
+def load_base_model():
+    """The base model as ``(GPT2LMHeadModel, tokenizer)``, in eval mode, on the course device."""
+    return load_saved_model(base_model_path() / "model")
 
 
 def base_history_and_figures() -> tuple[list[dict], dict]:

@@ -166,13 +166,7 @@ def sft_model_path():
 
 def load_sft_model():
     """The SFT model as ``(GPT2LMHeadModel, tokenizer)``, in eval mode, on the course device."""
-    from transformers import AutoTokenizer, GPT2LMHeadModel
-
-    from rlhf_helpers.env import get_device
-
-    folder = sft_model_path() / "model"
-    model = GPT2LMHeadModel.from_pretrained(str(folder)).to(get_device()).eval()
-    return model, AutoTokenizer.from_pretrained(str(folder))
+    return gpt.load_saved_model(sft_model_path() / "model")
 
 
 def sft_log_history() -> list[dict]:
