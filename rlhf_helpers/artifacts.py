@@ -147,7 +147,8 @@ def fetch(stage: str, config: Mapping[str, Any], build: Builder, *, made_by: str
     tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        with tqdm(desc=f"building {stage}", unit="step") as progress:
+        # one refresh a second: a long build must not flood Jupyter's message channel
+        with tqdm(desc=f"building {stage}", unit="step", mininterval=1.0) as progress:
             build(tmp, progress)
         manifest = {"stage": stage, "config": dict(config), "made_by": made_by,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "files": _file_table(tmp)}

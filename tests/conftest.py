@@ -1,16 +1,17 @@
 """Shared fixtures: tests never touch a learner's artifacts folder.
 
-A session-wide folder covers module-scoped fixtures (built once per test file); each test then
-gets its own empty folder on top, unless it uses a module fixture's objects directly.
+A folder per test file covers module-scoped fixtures (built once per file); each test then gets
+its own empty folder on top. Module scope matters: a session-wide setting would still be in force
+while nbval runs the notebooks, which must use the course's own artifacts folder as a learner does.
 """
 
 import pytest
 
 
-@pytest.fixture(scope="session", autouse=True)
-def session_artifacts(tmp_path_factory):
+@pytest.fixture(scope="module", autouse=True)
+def module_artifacts(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
-        folder = tmp_path_factory.mktemp("session-artifacts")
+        folder = tmp_path_factory.mktemp("module-artifacts")
         mp.setenv("RLHF_ARTIFACTS", str(folder))
         yield folder
 
