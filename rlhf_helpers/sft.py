@@ -36,7 +36,8 @@ def demonstrations_dataset(tasks: list[instructions.Task]):
 
 
 def sft_trainer_config(sizes, output_dir: str, **overrides):
-    """An ``SFTConfig`` for a CPU or a GPU: no bf16 or checkpointing on CPU, no saving, no hub."""
+    """An ``SFTConfig`` for a CPU or a GPU: no bf16, no activation checkpointing (trl turns it on by
+    default; our model is tiny), no saving, no hub."""
     from trl import SFTConfig
 
     on_gpu = torch.cuda.is_available()
@@ -44,7 +45,7 @@ def sft_trainer_config(sizes, output_dir: str, **overrides):
         output_dir=output_dir, max_steps=sizes.max_steps, per_device_train_batch_size=sizes.batch_size,
         learning_rate=sizes.lr, lr_scheduler_type="cosine", warmup_steps=max(1, sizes.max_steps // 20),
         logging_steps=max(1, sizes.max_steps // 30), max_length=128, use_cpu=not on_gpu, bf16=False,
-        gradient_checkpointing=False, save_strategy="no", report_to=[], seed=SFT_SEED,
+        activation_checkpointing=False, save_strategy="no", report_to=[], seed=SFT_SEED,
         disable_tqdm=True, dataloader_num_workers=0,
     )
     return SFTConfig(**{**settings, **overrides})
