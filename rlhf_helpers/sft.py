@@ -69,12 +69,12 @@ def generate_responses(model, tokenizer, prompts: list[str], *, max_new_tokens: 
     model.eval()
     device = next(model.parameters()).device
     stop_ids = [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id]
-    tokenizer.padding_side = "left"
     torch.manual_seed(seed)
     responses = []
     for start in range(0, len(prompts), batch_size):
         texts = [chat_prompt(tokenizer, p) for p in prompts[start:start + batch_size]]
-        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        batch = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left",
+                          add_special_tokens=False).to(device)
         out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=temperature > 0,
                              temperature=temperature if temperature > 0 else None, top_k=top_k if temperature > 0 else None,
                              eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id)
