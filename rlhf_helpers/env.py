@@ -56,6 +56,34 @@ class SFTSizes:
 
 
 @dataclass(frozen=True)
+class PEFTSizes:
+    """Lesson 04's parameter-efficient fine-tuning: the LoRA run, the rank sweep, the other methods."""
+
+    max_steps: int
+    batch_size: int
+    lr: float  # adapters start from zero and are few: they take a larger learning rate than SFT
+    r: int  # the rank of the ``sft_lora`` adapter
+    alpha: int
+    ranks: tuple[int, ...]  # the rank sweep, besides ``r``
+    virtual_tokens: int  # prompt tuning's learned prefix length
+
+
+@dataclass(frozen=True)
+class RewardSizes:
+    """Lesson 05's reward model: how many comparisons to sample, and how long to train on them."""
+
+    prompts: int  # distinct training prompts the SFT model answers
+    responses_per_prompt: int  # K: every pair of one prompt's K answers is compared, K*(K-1)/2 pairs
+    max_steps: int
+    batch_size: int  # comparisons per step
+    lr: float
+
+
+# The CPU sizes; also what a profile written before lesson 05 existed (a test's, say) gets.
+CPU_REWARD = RewardSizes(prompts=120, responses_per_prompt=8, max_steps=400, batch_size=32, lr=3e-4)
+
+
+@dataclass(frozen=True)
 class Profile:
     """Sizes for one kind of machine. Nothing here changes *what* the code does."""
 
@@ -63,6 +91,8 @@ class Profile:
     description: str
     gpt: GPTSizes
     sft: SFTSizes
+    peft: PEFTSizes
+    reward: RewardSizes = CPU_REWARD
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -75,12 +105,16 @@ PROFILES: dict[str, Profile] = {
         # ~1.07 M parameters with the 2 k course tokenizer; ~1.2 M training tokens, ~2.5 minutes
         gpt=GPTSizes(n_layer=4, n_head=4, n_embd=128, block_size=128, batch_size=8, max_steps=1200, lr=2e-3),
         sft=SFTSizes(max_steps=300, batch_size=16, lr=1e-3, eval_prompts=120),
+        peft=PEFTSizes(max_steps=300, batch_size=16, lr=5e-3, r=8, alpha=16, ranks=(1, 32), virtual_tokens=8),
+        reward=CPU_REWARD,
     ),
     "gpu": Profile(
         name="gpu",
         description="one CUDA GPU: a bigger model trained longer, same code",
         gpt=GPTSizes(n_layer=8, n_head=8, n_embd=512, block_size=256, batch_size=64, max_steps=5000, lr=6e-4),
         sft=SFTSizes(max_steps=1500, batch_size=32, lr=3e-4, eval_prompts=430),
+        peft=PEFTSizes(max_steps=1500, batch_size=32, lr=2e-3, r=16, alpha=32, ranks=(1, 4, 64), virtual_tokens=16),
+        reward=RewardSizes(prompts=480, responses_per_prompt=8, max_steps=1500, batch_size=64, lr=1e-4),
     ),
 }
 

@@ -29,8 +29,10 @@ on one model, and variants (DoRA, rsLoRA's alpha / sqrt(r), LoRA+, PiSSA initial
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+import warnings
 from pathlib import Path
 
 import torch
@@ -265,19 +267,23 @@ def peft_lora_config(r: int = 8, alpha: float = 16, dropout: float = 0.0, target
                       target_modules=list(target_modules), fan_in_fan_out=True)
 
 
-def wrap_with_peft(model: nn.Module, config):
-    """``peft.get_peft_model(model, config)``, without a known harmless FutureWarning.
-
-    peft (0.21) reads ``model.is_gradient_checkpointing``, which transformers 5 has renamed
-    ``is_activation_checkpointing`` and warns about; nothing else is silenced. Like
-    ``add_lora``, this changes ``model`` in place.
-    """
-    import warnings
-
-    from peft import get_peft_model
-
+@contextlib.contextmanager
+def quiet_peft():
+    """Silence two warnings peft raises with transformers 5, both harmless here: peft reads
+    ``is_gradient_checkpointing``, which transformers renamed ``is_activation_checkpointing``; and
+    prompt tuning ignores position ids (it makes its own). Nothing else is silenced."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        warnings.filterwarnings("ignore", message="Position ids are not supported for parameter efficient tuning")
+        yield
+
+
+def wrap_with_peft(model: nn.Module, config):
+    """``peft.get_peft_model(model, config)``, quietly (see ``quiet_peft``). Like ``add_lora``,
+    this changes ``model`` in place."""
+    from peft import get_peft_model
+
+    with quiet_peft():
         return get_peft_model(model, config)
 
 

@@ -11,6 +11,7 @@ Left out: packing, LoRA (lesson 04), multi-turn data, evaluation during training
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 import time
@@ -18,7 +19,7 @@ from dataclasses import asdict
 
 import torch
 
-from rlhf_helpers import gpt, instructions
+from rlhf_helpers import gpt, instructions, lora
 
 SFT_VERSION = 1  # bump when the recipe changes, so cached SFT models are rebuilt
 SFT_SEED = 0
@@ -51,6 +52,41 @@ def sft_trainer_config(sizes, output_dir: str, **overrides):
     return SFTConfig(**{**settings, **overrides})
 
 
+@contextlib.contextmanager
+def quiet_datasets():
+    """Silence the ``datasets`` progress bars (trl tokenizes in several passes) inside the block."""
+    import datasets
+
+    was_enabled = not datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            datasets.enable_progress_bars()
+
+
+def sft_trainer(model, tokenizer, tasks: list[instructions.Task], sizes, output_dir: str, callbacks=None,
+                peft_config=None, **overrides):
+    """trl's ``SFTTrainer`` on ``tasks``, configured for this machine, printing nothing.
+
+    The trainer tokenizes the demonstrations when it is built: ``trainer.train_dataset`` then holds
+    ``input_ids`` and ``labels`` with the prompt masked, and ``trainer.data_collator`` pads a batch.
+    With a ``peft_config`` (lesson 04) trl wraps the model and trains only the adapter; prompt
+    tuning's virtual tokens take places in the context, so the demonstrations get fewer.
+    """
+    from transformers.trainer_callback import PrinterCallback
+    from trl import SFTTrainer
+
+    virtual_tokens = getattr(peft_config, "num_virtual_tokens", None) or 0
+    config = sft_trainer_config(sizes, output_dir, max_length=model.config.n_positions - virtual_tokens, **overrides)
+    with quiet_datasets(), lora.quiet_peft():
+        trainer = SFTTrainer(model=model, args=config, train_dataset=demonstrations_dataset(tasks),
+                             processing_class=tokenizer, callbacks=callbacks, peft_config=peft_config)
+    trainer.remove_callback(PrinterCallback)  # logs go to log_history, not to the screen
+    return trainer
+
+
 def chat_prompt(tokenizer, prompt: str) -> str:
     """The text the model sees before it answers: the user turn, then the assistant's header."""
     return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
@@ -75,12 +111,25 @@ def generate_responses(model, tokenizer, prompts: list[str], *, max_new_tokens: 
         texts = [chat_prompt(tokenizer, p) for p in prompts[start:start + batch_size]]
         batch = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left",
                           add_special_tokens=False).to(device)
-        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=temperature > 0,
+        room = _context_room(model, batch["input_ids"].size(1))
+        out = model.generate(**batch, max_new_tokens=min(max_new_tokens, room), do_sample=temperature > 0,
                              temperature=temperature if temperature > 0 else None, top_k=top_k if temperature > 0 else None,
                              eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id)
         new_tokens = out[:, batch["input_ids"].size(1):]
         responses += [r.strip() for r in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
     return responses
+
+
+def _context_room(model, prompt_length: int) -> int:
+    """How many tokens fit after a prompt: the context, minus the prompt and any virtual tokens."""
+    config = getattr(model, "active_peft_config", None)  # set on a peft model
+    prompt_tuned = config is not None and config.is_prompt_learning
+    virtual = config.num_virtual_tokens if prompt_tuned else 0
+    room = model.config.n_positions - prompt_length - virtual
+    if room < 1:
+        raise ValueError(f"A prompt of {prompt_length} tokens leaves no room in a context of "
+                         f"{model.config.n_positions} tokens; shorten it.")
+    return room
 
 
 def following_rate(model, tokenizer, tasks: list[instructions.Task], **generation) -> tuple[float, list[str]]:
@@ -98,8 +147,9 @@ def shakespeare_loss(model, ids: torch.Tensor, block_size: int = 128, batches: i
     generator = torch.Generator().manual_seed(0)
     losses = []
     for _ in range(batches):
-        x, _ = gpt.get_batch(ids, block_size, batch_size, generator, device)
-        losses.append(model(input_ids=x, labels=x).loss.item())
+        x, y = gpt.get_batch(ids, block_size, batch_size, generator, device)
+        logits = model(input_ids=x).logits
+        losses.append(torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten()).item())
     return sum(losses) / len(losses)
 
 
@@ -126,24 +176,23 @@ def _progress_callback(progress):
     return Progress()
 
 
-def train_sft(profile, progress=None):
-    """Fine-tune the base model on the training demonstrations; return (model, tokenizer, logs, seconds)."""
-    from transformers.trainer_callback import PrinterCallback
-    from trl import SFTTrainer
+def train_sft(profile, progress=None, *, sizes=None, peft_config=None):
+    """Fine-tune the base model on the training demonstrations; return (model, tokenizer, logs, seconds).
 
+    ``sizes`` defaults to the profile's SFT sizes; a ``peft_config`` trains an adapter instead of
+    every weight (lesson 04), and the model returned is then a peft model.
+    """
     from rlhf_helpers.env import seed_everything
 
     seed_everything(SFT_SEED)
     model, tokenizer = gpt.load_base_model()
-    dataset = demonstrations_dataset(instructions.make_tasks("train"))
     with tempfile.TemporaryDirectory() as out:
-        config = sft_trainer_config(profile.sft, out, max_length=model.config.n_positions)  # the context
-        trainer = SFTTrainer(model=model, args=config, train_dataset=dataset,
-                             processing_class=tokenizer,
-                             callbacks=[_progress_callback(progress)] if progress is not None else None)
-        trainer.remove_callback(PrinterCallback)  # logs go to log_history, not to the screen
+        trainer = sft_trainer(model, tokenizer, instructions.make_tasks("train"), sizes or profile.sft, out,
+                              callbacks=[_progress_callback(progress)] if progress is not None else None,
+                              peft_config=peft_config)
         start = time.perf_counter()
-        trainer.train()
+        with lora.quiet_peft():
+            trainer.train()
         seconds = time.perf_counter() - start
     return trainer.model.eval(), tokenizer, trainer.state.log_history, seconds
 

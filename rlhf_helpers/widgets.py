@@ -1,4 +1,4 @@
-"""Small notebook widgets. Lesson 01: a token visualiser.
+"""Small notebook widgets. Lesson 01: a token visualiser; lesson 03: a generation playground.
 
 Each tokenizer is given as a *segmenter*: a function from text to the list of its tokens as
 display strings (partial UTF-8 characters show as '�', sentencepiece keeps its '▁'). The HTML
@@ -57,3 +57,35 @@ def token_visualiser(segmenters: Mapping[str, Segmenter], text: str = "", rows: 
 
     box.observe(update, names="value")
     return widgets.VBox([box, view])
+
+
+# --------------------------------------------------------------------------------------------
+# Lesson 03: a generation playground.
+# --------------------------------------------------------------------------------------------
+
+Responder = Callable[[str, float, int, int], str]  # (prompt, temperature, top_k, max_new_tokens) -> text
+
+
+def generation_playground(respond: Responder, prompt: str = "Write a line about the sea."):
+    """A prompt box, sliders for temperature, top-k and length, a button, and the model's answer.
+
+    ``respond`` does the generating, so the same playground serves any model: lesson 03 passes one
+    that samples from the base or the SFT model through the chat template.
+    """
+    import ipywidgets as widgets
+
+    box = widgets.Text(value=prompt, description="prompt", layout=widgets.Layout(width="100%"))
+    temperature = widgets.FloatSlider(value=0.7, min=0.0, max=2.0, step=0.05, description="temperature")
+    top_k = widgets.IntSlider(value=50, min=1, max=200, description="top-k")
+    max_tokens = widgets.IntSlider(value=40, min=1, max=100, description="max tokens")
+    button = widgets.Button(description="Generate", button_style="primary")
+    output = widgets.HTML()
+
+    def run(_=None) -> None:
+        output.value = "<i>generating…</i>"
+        text = respond(box.value, temperature.value, top_k.value, max_tokens.value)
+        output.value = f'<pre style="white-space:pre-wrap">{html.escape(text) or "(empty response)"}</pre>'
+
+    button.on_click(run)
+    run()
+    return widgets.VBox([box, widgets.HBox([temperature, top_k, max_tokens]), button, output])

@@ -266,3 +266,14 @@ def test_instruction_following_rate():
         I.instruction_following_rate(prompts, responses[:3])
     with pytest.raises(ValueError, match="No prompts"):
         I.instruction_following_rate([], [])
+
+
+def test_rates_by_family_splits_the_rate():
+    tasks = [I.Task("about", "Write a line about love.", "", "love"),
+             I.Task("about", "Write a line about death.", "", "death"),
+             I.Task("continue", "Continue this line: Now is the winter", "", "Now is the winter")]
+    responses = ["My love is like a red rose.", "No word of that here at all.", "of our discontent."]
+    assert I.rates_by_family(tasks, responses) == {"about": 0.5, "continue": 1.0, "all": 2 / 3}
+    assert I.rates_by_family(tasks[:2], responses[:2]) == {"about": 0.5, "all": 0.5}
+    with pytest.raises(ValueError, match="pair up"):
+        I.rates_by_family(tasks, responses[:2])
