@@ -9,10 +9,17 @@ Each module holds one concept, and a lesson imports only what earlier lessons ta
 - ``gpt``        the lesson-02 GPT, its training loop, its GPT-2 export, the ``base`` artifact
 - ``instructions`` the demonstration tasks and the check of whether a response follows one
 - ``sft``        supervised fine-tuning with trl and the ``sft`` artifact (lesson 03)
+- ``lora``       LoRA from scratch, its peft twin, and the memory arithmetic of QLoRA (lesson 04)
+- ``peft_sft``   lesson 03's recipe with peft adapters: the ``sft_lora`` and comparison artifacts
+- ``labeler``    the hidden gold utility and the simulated Bradley-Terry labeler (lesson 05)
+- ``preferences`` comparison pairs, their split, and the learner's own labels file
+- ``reward``     the reward model trained with trl and the ``reward_model`` artifact (lesson 05)
+- ``ppo``        PPO for language models, written out (lesson 06)
+- ``rlhf``       lesson 06's pipeline: the ``ppo`` artifact and the over-optimisation runs
 - ``artifacts``  the cache of trained stages (get it, or build it with the reference code)
 - ``exercises``  the check behind every exercise; ``checks`` holds each lesson's checks
 - ``figures``    the key figures a lesson reports to ``python -m course bench``
-- ``widgets``    notebook widgets (the token visualiser)
+- ``widgets``    notebook widgets (token visualiser, generation playground, labelling)
 
 Importing the package switches the Hugging Face libraries offline (see ``env.go_offline``).
 """

@@ -79,8 +79,56 @@ class RewardSizes:
     lr: float
 
 
-# The CPU sizes; also what a profile written before lesson 05 existed (a test's, say) gets.
-CPU_REWARD = RewardSizes(prompts=120, responses_per_prompt=8, max_steps=400, batch_size=32, lr=3e-4)
+# ~2,100 training pairs, 150 steps (about 2 epochs): sampling ~15 s, training ~55 s on one core of a
+# 2-core laptop. Also what a profile written before lesson 05 existed (a test's, say) gets.
+CPU_REWARD = RewardSizes(prompts=240, responses_per_prompt=8, max_steps=150, batch_size=32, lr=5e-4)
+
+
+@dataclass(frozen=True)
+class PPOSizes:
+    """Lesson 06's PPO: the ``ppo`` run, how it is judged, and the over-optimisation runs."""
+
+    steps: int  # PPO steps of the ``ppo`` run
+    batch_size: int  # prompts (one answer each) per PPO step
+    mini_batch_size: int
+    ppo_epochs: int
+    lr: float
+    kl_coef: float  # beta of the ``ppo`` run: the price of a nat of KL from the SFT model
+    max_new_tokens: int
+    eval_every: int  # judge the policy on ``checkpoint_prompts`` held-out prompts every so many steps
+    checkpoint_prompts: int
+    eval_prompts: int  # held-out prompts of the final judgement, SFT model versus PPO policy
+    overopt_betas: tuple[float, ...]  # one run from the SFT model per beta, each ``overopt_steps`` long
+    overopt_lr: float  # those runs go further, faster: a larger learning rate
+    overopt_steps: int
+    overopt_eval_every: int
+
+
+# ~65 s for the ppo run and ~135 s for the over-optimisation run on one core of a 2-core laptop
+CPU_PPO = PPOSizes(steps=20, batch_size=64, mini_batch_size=16, ppo_epochs=2, lr=2e-4, kl_coef=0.1, max_new_tokens=32,
+                   eval_every=5, checkpoint_prompts=120, eval_prompts=231, overopt_betas=(0.0,), overopt_lr=5e-4,
+                   overopt_steps=30, overopt_eval_every=3)
+
+
+@dataclass(frozen=True)
+class BeyondSizes:
+    """Lesson 07's DPO and GRPO runs, and the arena that judges every model."""
+
+    dpo_steps: int
+    dpo_batch_size: int  # comparisons per step
+    dpo_lr: float
+    dpo_beta: float  # DPO's beta: the strength of the implicit KL tie to the SFT model
+    grpo_steps: int  # each of the two GRPO runs (reward model, verifiable rule)
+    grpo_prompts: int  # prompts per GRPO step; each is answered ``grpo_generations`` times
+    grpo_generations: int  # the group size G
+    grpo_lr: float
+    grpo_beta: float  # GRPO's KL coefficient
+    max_new_tokens: int
+    arena_prompts: int  # held-out prompts every model answers in the arena
+
+
+CPU_BEYOND = BeyondSizes(dpo_steps=60, dpo_batch_size=16, dpo_lr=1e-4, dpo_beta=0.1, grpo_steps=30, grpo_prompts=8,
+                         grpo_generations=4, grpo_lr=1e-4, grpo_beta=0.02, max_new_tokens=32, arena_prompts=120)
 
 
 @dataclass(frozen=True)
@@ -93,6 +141,8 @@ class Profile:
     sft: SFTSizes
     peft: PEFTSizes
     reward: RewardSizes = CPU_REWARD
+    ppo: PPOSizes = CPU_PPO
+    beyond: BeyondSizes = CPU_BEYOND
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -107,6 +157,7 @@ PROFILES: dict[str, Profile] = {
         sft=SFTSizes(max_steps=300, batch_size=16, lr=1e-3, eval_prompts=120),
         peft=PEFTSizes(max_steps=300, batch_size=16, lr=5e-3, r=8, alpha=16, ranks=(1, 32), virtual_tokens=8),
         reward=CPU_REWARD,
+        ppo=CPU_PPO,
     ),
     "gpu": Profile(
         name="gpu",
@@ -114,7 +165,10 @@ PROFILES: dict[str, Profile] = {
         gpt=GPTSizes(n_layer=8, n_head=8, n_embd=512, block_size=256, batch_size=64, max_steps=5000, lr=6e-4),
         sft=SFTSizes(max_steps=1500, batch_size=32, lr=3e-4, eval_prompts=430),
         peft=PEFTSizes(max_steps=1500, batch_size=32, lr=2e-3, r=16, alpha=32, ranks=(1, 4, 64), virtual_tokens=16),
-        reward=RewardSizes(prompts=480, responses_per_prompt=8, max_steps=1500, batch_size=64, lr=1e-4),
+        reward=RewardSizes(prompts=960, responses_per_prompt=8, max_steps=300, batch_size=64, lr=2e-4),
+        ppo=PPOSizes(steps=60, batch_size=128, mini_batch_size=32, ppo_epochs=2, lr=5e-5, kl_coef=0.1, max_new_tokens=32,
+                     eval_every=10, checkpoint_prompts=231, eval_prompts=231, overopt_betas=(0.0,), overopt_lr=2e-4,
+                     overopt_steps=60, overopt_eval_every=5),
     ),
 }
 

@@ -207,7 +207,7 @@ def load_labels(path: Path | str) -> LabelsReport:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:
-            report.problems.append(f"line {number}: not valid JSON ({err.msg} at column {err.colno})")
+            report.problems.append(f"line {number}: not valid JSON ({err.msg.removesuffix(' at')}, column {err.colno})")
             continue
         if problem := row_problem(row):
             report.problems.append(f"line {number}: {problem}")

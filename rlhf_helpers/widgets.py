@@ -89,3 +89,224 @@ def generation_playground(respond: Responder, prompt: str = "Write a line about 
     button.on_click(run)
     run()
     return widgets.VBox([box, widgets.HBox([temperature, top_k, max_tokens]), button, output])
+
+
+# --------------------------------------------------------------------------------------------
+# Lesson 05: label comparisons yourself.
+# --------------------------------------------------------------------------------------------
+
+Pair = tuple[str, str, str]  # (prompt, response A, response B)
+
+
+def _pair_key(prompt: str, a: str, b: str) -> tuple[str, frozenset]:
+    """A pair is the same pair whichever response is shown as A."""
+    return prompt, frozenset((a, b))
+
+
+def _answered(path) -> set:
+    """The pairs the labels file already has an answer for (any answer, skips included)."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    done = set()
+    if path.exists():
+        for line in path.read_text(encoding="utf-8", errors="replace").split("\n"):
+            try:
+                row = json.loads(line)
+                done.add(_pair_key(row["prompt"], row["a"], row["b"]))
+            except (ValueError, KeyError, TypeError):
+                continue  # a bad row: load_labels names it; here it simply answers nothing
+    return done
+
+
+def progress_text(labelled: int, ties: int, skipped: int, left: int) -> str:
+    """``"12 labelled, 3 ties, 1 skipped; 84 pairs left"``."""
+    return f"{labelled} labelled, {ties} ties, {skipped} skipped; {left} pairs left"
+
+
+def _response_box(title: str, text: str) -> str:
+    return (f'<div style="flex:1;border:1px solid #ccc;border-radius:6px;padding:8px;margin:4px">'
+            f'<b>{title}</b><pre style="white-space:pre-wrap;margin:4px 0 0 0">{html.escape(text) or "(empty)"}</pre></div>')
+
+
+def labelling_widget(pairs: list[Pair], path):
+    """Show one prompt and two responses at a time; you answer A, B, tie or skip.
+
+    Every answer is appended to the labels file at ``path`` at once (``preferences.append_label``),
+    so closing the notebook loses nothing, and the file is never rewritten. Pairs the file already
+    answers are not shown again: run the cell later and you carry on where you stopped. The counts
+    include the answers already in the file.
+    """
+    import ipywidgets as widgets
+
+    from rlhf_helpers import preferences
+
+    report = preferences.load_labels(path)
+    counts = {"labelled": len(report.comparisons), "tie": report.ties, "skip": report.skips}
+    done = _answered(path)
+    todo = [pair for pair in pairs if _pair_key(*pair) not in done]
+    position = {"index": 0}
+
+    view = widgets.HTML()
+    status = widgets.HTML()
+    notes = widgets.HTML(
+        f"<i>{len(report.problems)} bad row(s) in {html.escape(str(path))} are ignored: "
+        f"{html.escape('; '.join(report.problems[:3]))}</i>" if report.problems else "")
+    buttons = {choice: widgets.Button(description=label, button_style=style)
+               for choice, label, style in (("a", "A is better", "success"), ("b", "B is better", "success"),
+                                            ("tie", "tie", ""), ("skip", "skip", "warning"))}
+
+    def show() -> None:
+        left = len(todo) - position["index"]
+        status.value = progress_text(counts["labelled"], counts["tie"], counts["skip"], left)
+        if left == 0:
+            view.value = "<b>No pairs left: thank you!</b>"
+            for button in buttons.values():
+                button.disabled = True
+            return
+        prompt, a, b = todo[position["index"]]
+        view.value = (f'<div><b>Prompt:</b> {html.escape(prompt)}</div>'
+                      f'<div style="display:flex">{_response_box("A", a)}{_response_box("B", b)}</div>')
+
+    def answer(choice: str) -> None:
+        if position["index"] >= len(todo):
+            return
+        prompt, a, b = todo[position["index"]]
+        try:
+            preferences.append_label(path, {"prompt": prompt, "a": a, "b": b, "choice": choice})
+        except OSError as err:  # a full disk, a read-only folder: say so, and keep the pair on screen
+            status.value = f"<b>Could not save your answer</b> ({html.escape(str(err))}); nothing was lost."
+            return
+        counts["labelled" if choice in ("a", "b") else choice] += 1
+        position["index"] += 1
+        show()
+
+    for choice, button in buttons.items():
+        button.on_click(lambda _, choice=choice: answer(choice))
+    show()
+    return widgets.VBox([view, widgets.HBox(list(buttons.values())), status, notes])
+
+
+# --------------------------------------------------------------------------------------------
+# Lesson 07: chat with a model, and vote blind in the arena.
+# --------------------------------------------------------------------------------------------
+
+def chat_reply(model, tokenizer, messages: list[dict], *, max_new_tokens: int = 40, temperature: float = 0.7,
+               top_k: int = 50) -> str:
+    """The model's next assistant turn for a conversation (a list of ``{"role", "content"}``).
+
+    The whole conversation goes through the chat template; the oldest turns are dropped when it
+    would not fit in the model's context with room for the answer. Generation stops at ``<|im_end|>``.
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    stop_ids = [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id]
+    room = model.config.n_positions - max_new_tokens
+    turns = list(messages)
+    while True:
+        ids = tokenizer.apply_chat_template(turns, tokenize=True, add_generation_prompt=True, return_dict=True)["input_ids"]
+        if len(ids) <= room or len(turns) <= 1:
+            break
+        turns = turns[2:] if len(turns) > 2 else turns[1:]  # drop the oldest exchange
+    ids = torch.tensor([list(ids)[-room:]], device=device)
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                             do_sample=temperature > 0, temperature=temperature if temperature > 0 else None,
+                             top_k=top_k if temperature > 0 else None, eos_token_id=stop_ids,
+                             pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.decode(out[0, ids.size(1):], skip_special_tokens=True).strip()
+
+
+def chat_widget(models: Mapping[str, tuple], temperature: float = 0.7):
+    """Chat with any of ``models`` (``{name: (model, tokenizer)}``): several turns, through the chat
+    template. Switching model keeps the conversation; *Clear* starts a new one."""
+    import ipywidgets as widgets
+
+    choose = widgets.Dropdown(options=list(models), description="model")
+    box = widgets.Text(placeholder="Write a line about the sea.", layout=widgets.Layout(width="70%"))
+    send, clear = widgets.Button(description="Send", button_style="primary"), widgets.Button(description="Clear")
+    heat = widgets.FloatSlider(value=temperature, min=0.0, max=1.5, step=0.05, description="temperature")
+    view = widgets.HTML()
+    messages: list[dict] = []
+    speakers: list[str] = []
+
+    def show() -> None:
+        rows = [f'<div style="margin:2px 0"><b>{html.escape(who)}:</b> {html.escape(m["content"]) or "(empty)"}</div>'
+                for who, m in zip(speakers, messages)]
+        view.value = "".join(rows) or "<i>Say something to the model.</i>"
+
+    def on_send(_=None) -> None:
+        text = box.value.strip()
+        if not text:
+            return
+        messages.append({"role": "user", "content": text})
+        speakers.append("you")
+        model, tokenizer = models[choose.value]
+        messages.append({"role": "assistant",
+                         "content": chat_reply(model, tokenizer, messages, temperature=heat.value)})
+        speakers.append(choose.value)
+        box.value = ""
+        show()
+
+    def on_clear(_=None) -> None:
+        messages.clear()
+        speakers.clear()
+        show()
+
+    send.on_click(on_send)
+    clear.on_click(on_clear)
+    show()
+    return widgets.VBox([widgets.HBox([choose, heat]), view, widgets.HBox([box, send, clear])])
+
+
+def arena_vote_widget(prompts: list[str], answers: Mapping[str, list[str]], battles: list, seed: int = 0):
+    """Vote blind between two models' answers to a held-out prompt; the Elo ratings update as you go.
+
+    ``answers[name][i]`` answers ``prompts[i]``; ``battles`` (``arena.Battle``) are the judged ones
+    the ratings start from. Which models you see is hidden until you vote. Your votes live in
+    memory only (the returned widget's ``votes`` attribute) and never change the ``arena`` artifact.
+    """
+    import random
+
+    import ipywidgets as widgets
+
+    from rlhf_helpers import arena
+
+    names = list(answers)
+    rng = random.Random(seed)
+    votes: list = []
+    current: dict = {}
+    view, result, table = widgets.HTML(), widgets.HTML(), widgets.HTML()
+    buttons = {choice: widgets.Button(description=label, button_style=style)
+               for choice, label, style in (("a", "A is better", "success"), ("b", "B is better", "success"),
+                                            ("tie", "tie", ""))}
+
+    def ratings_html() -> str:
+        ratings = arena.elo_ratings(list(battles) + votes, names, permutations=20)
+        rows = "".join(f"<tr><td>{html.escape(n)}</td><td style='text-align:right'>{r:.0f}</td></tr>"
+                       for n, r in sorted(ratings.items(), key=lambda item: -item[1]))
+        return f"<table><tr><th>model</th><th>Elo</th></tr>{rows}</table><i>{len(votes)} vote(s) of yours</i>"
+
+    def next_pair() -> None:
+        i = rng.randrange(len(prompts))
+        a, b = rng.sample(names, 2)
+        current.update(index=i, a=a, b=b)
+        view.value = (f'<div><b>Prompt:</b> {html.escape(prompts[i])}</div><div style="display:flex">'
+                      f'{_response_box("A", answers[a][i])}{_response_box("B", answers[b][i])}</div>')
+
+    def vote(choice: str) -> None:
+        a, b, i = current["a"], current["b"], current["index"]
+        votes.append(arena.Battle(a, b, choice, prompts[i]))
+        result.value = f"A was <b>{html.escape(a)}</b>, B was <b>{html.escape(b)}</b>."
+        table.value = ratings_html()
+        next_pair()
+
+    for choice, button in buttons.items():
+        button.on_click(lambda _, choice=choice: vote(choice))
+    next_pair()
+    table.value = ratings_html()
+    box = widgets.VBox([view, widgets.HBox(list(buttons.values())), result, table])
+    box.votes = votes
+    return box
