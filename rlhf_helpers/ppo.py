@@ -9,6 +9,9 @@ The SFT model is the *policy*. Each PPO step:
    real token. It is normalised with the caller's ``(mean, std)`` (Ziegler et al. 2019 make the
    initial policy's samples score mean 0, std 1; ``score_statistics`` measures that), and a
    response that never ended gets a fixed score instead (``missing_eos_penalty``, -1 by default).
+   The reward model must read the text exactly as it was trained to: ours (lesson 05) was trained
+   by trl on the chat template's rendering, which ends with a newline after ``<|im_end|>``, so
+   lesson 06 scores through ``reward_fn=reward.score`` rather than the raw token ids.
 3. **Per-token rewards.** Every response token pays ``-beta * (logprob - ref_logprob)``, a
    sample of the KL divergence from the *reference* (the frozen SFT model); the last real token
    also gets the score. ``beta`` is fixed, or steered toward a target KL by an adaptive
