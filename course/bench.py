@@ -66,6 +66,17 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _merge_with_earlier(rows: list[dict], profile: str) -> list[dict]:
+    """Keep the earlier results of lessons not benched this time, so benching one lesson does not
+    erase the others' rows; the table stays in course order."""
+    earlier_file = BENCH_DIR / f"results-{profile}.json"
+    earlier = json.loads(earlier_file.read_text())["rows"] if earlier_file.exists() else []
+    fresh = {row["lesson"]: row for row in rows}
+    kept = {row["lesson"]: row for row in earlier if row["lesson"] not in fresh}
+    merged = {**kept, **fresh}
+    return [merged[name] for name in sorted(merged)]  # file names sort in course order
+
+
 def bench(lessons: list[Lesson], profile: str) -> list[dict]:
     """Bench ``lessons`` under ``profile``; print the table and write bench/results-<profile>.*"""
     rows = []
@@ -73,6 +84,7 @@ def bench(lessons: list[Lesson], profile: str) -> list[dict]:
         print(f"[{lesson.id}] running {lesson.filename} with the {profile} profile...", flush=True)
         rows.append(bench_lesson(lesson, profile))
         print(f"[{lesson.id}] {rows[-1]['seconds']} s, peak {rows[-1]['peak_mb']} MB", flush=True)
+    rows = _merge_with_earlier(rows, profile)
     table = format_table(rows)
     machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}

@@ -52,3 +52,13 @@ def test_bench_lesson_measures_time_memory_and_figures(tmp_path):
     table = bench.format_table([row])
     assert "00_start_here.ipynb" in table and "corpus_speeches" in table
     json.dumps(row)  # the row is what the JSON file holds
+
+
+def test_benching_some_lessons_keeps_the_other_rows(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "BENCH_DIR", tmp_path)
+    row = lambda name, seconds: {"lesson": name, "seconds": seconds}
+    earlier = {"rows": [row("00_a.ipynb", 1.0), row("01_b.ipynb", 2.0), row("02_c.ipynb", 3.0)]}
+    (tmp_path / "results-cpu.json").write_text(json.dumps(earlier))
+    merged = bench._merge_with_earlier([row("01_b.ipynb", 5.0), row("03_d.ipynb", 4.0)], "cpu")
+    assert merged == [row("00_a.ipynb", 1.0), row("01_b.ipynb", 5.0), row("02_c.ipynb", 3.0), row("03_d.ipynb", 4.0)]
+    assert bench._merge_with_earlier([row("01_b.ipynb", 5.0)], "gpu") == [row("01_b.ipynb", 5.0)]  # no earlier file
