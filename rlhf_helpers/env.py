@@ -169,6 +169,8 @@ PROFILES: dict[str, Profile] = {
         ppo=PPOSizes(steps=60, batch_size=128, mini_batch_size=32, ppo_epochs=2, lr=5e-5, kl_coef=0.1, max_new_tokens=32,
                      eval_every=10, checkpoint_prompts=231, eval_prompts=231, overopt_betas=(0.0,), overopt_lr=2e-4,
                      overopt_steps=60, overopt_eval_every=5),
+        beyond=BeyondSizes(dpo_steps=200, dpo_batch_size=32, dpo_lr=5e-5, dpo_beta=0.1, grpo_steps=100, grpo_prompts=16,
+                           grpo_generations=8, grpo_lr=5e-5, grpo_beta=0.02, max_new_tokens=32, arena_prompts=231),
     ),
 }
 

@@ -344,7 +344,6 @@ def load_judge() -> dict:
     return dict(reward_model=reward_model, reward_tokenizer=reward_tokenizer, reward_stats=stats)
 
 
-_judge = load_judge  # the older name, still used by other lessons' helpers
 
 
 # --------------------------------------------------------------------------------------------

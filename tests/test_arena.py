@@ -1,0 +1,119 @@
+"""The arena's pure parts: Elo, win rates and distinct-n, on hand-made battles and texts."""
+
+import math
+import random
+
+import pytest
+
+from rlhf_helpers import arena
+from rlhf_helpers.arena import Battle
+
+
+def test_expected_score_formula():
+    assert arena.expected_score(1000, 1000) == 0.5
+    assert math.isclose(arena.expected_score(1400, 1000), 10 / 11)  # 400 points: odds of 10 to 1
+    assert math.isclose(arena.expected_score(1000, 1400), 1 / 11)
+    for a, b in [(1200, 950), (800, 1300), (1000, 1001)]:
+        assert math.isclose(arena.expected_score(a, b) + arena.expected_score(b, a), 1.0)
+
+
+def test_one_update_moves_k_times_surprise():
+    a, b = arena.elo_update(1000, 1000, "a", k=32)
+    assert (a, b) == (1016, 984)
+    a, b = arena.elo_update(1000, 1000, "tie", k=32)
+    assert (a, b) == (1000, 1000)
+    a, b = arena.elo_update(1400, 1000, "b", k=10)
+    assert math.isclose(a, 1400 - 10 * 10 / 11) and math.isclose(a + b, 2400)
+    with pytest.raises(ValueError):
+        arena.elo_update(1000, 1000, "draw")
+
+
+def test_equal_players_stay_equal():
+    battles = [Battle("x", "y", w) for w in ["a", "b"] * 50 + ["tie"] * 10]
+    ratings = arena.elo_ratings(battles, ["x", "y"], permutations=50)
+    assert abs(ratings["x"] - ratings["y"]) < 2
+    assert arena.online_elo([Battle("x", "y", "tie")] * 20) == {"x": 1000.0, "y": 1000.0}
+
+
+def test_a_player_who_always_wins_rises():
+    battles = [Battle("champ", other, "a") for other in ["p", "q"] for _ in range(30)]
+    battles += [Battle(other, "champ", "b") for other in ["p", "q"] for _ in range(30)]
+    ratings = arena.elo_ratings(battles, ["champ", "p", "q"], k=16, permutations=20)
+    assert ratings["champ"] > 1100 and ratings["champ"] > ratings["p"] and ratings["champ"] > ratings["q"]
+    history = [1000.0]
+    # monotone rise battle after battle
+    ratings = {"champ": 1000.0, "p": 1000.0}
+    for _ in range(10):
+        ratings["champ"], ratings["p"] = arena.elo_update(ratings["champ"], ratings["p"], "a", k=16)
+        assert ratings["champ"] > history[-1]
+        history.append(ratings["champ"])
+
+
+def test_online_elo_conserves_the_sum_and_depends_on_order():
+    rng = random.Random(0)
+    names = ["a", "b", "c", "d"]
+    battles = [Battle(*rng.sample(names, 2), rng.choice(["a", "b", "tie"])) for _ in range(200)]
+    ratings = arena.online_elo(battles, names, k=32)
+    assert math.isclose(sum(ratings.values()), 4000, abs_tol=1e-6)
+    averaged = arena.elo_ratings(battles, names, k=32, permutations=10)
+    assert math.isclose(sum(averaged.values()), 4000, abs_tol=1e-6)
+    assert arena.online_elo(battles[::-1], names, k=32) != ratings  # online Elo depends on the order
+    assert arena.elo_ratings(battles, names, seed=3) == arena.elo_ratings(battles, names, seed=3)
+
+
+def test_better_player_in_noisy_battles_rates_higher():
+    rng = random.Random(1)
+    battles = []
+    for _ in range(600):  # "strong" beats "weak" 75 % of the time, shown in random positions
+        strong_wins = rng.random() < 0.75
+        if rng.random() < 0.5:
+            battles.append(Battle("strong", "weak", "a" if strong_wins else "b"))
+        else:
+            battles.append(Battle("weak", "strong", "b" if strong_wins else "a"))
+    ratings = arena.elo_ratings(battles, ["strong", "weak"], permutations=20)
+    gap = ratings["strong"] - ratings["weak"]
+    assert 100 < gap < 300  # 75 % is a gap of 400 * log10(3) ≈ 191 points
+
+
+def test_win_rate_matrix_is_complementary_and_ignores_ties():
+    battles = [Battle("x", "y", "a"), Battle("x", "y", "a"), Battle("y", "x", "a"), Battle("x", "y", "tie"),
+               Battle("x", "z", "b"), Battle("y", "z", "tie")]
+    rate = arena.win_rate_matrix(battles, ["x", "y", "z"])
+    assert rate["x"]["y"] == 2 / 3 and rate["y"]["x"] == 1 / 3
+    assert rate["x"]["z"] == 0.0 and rate["z"]["x"] == 1.0
+    assert rate["y"]["z"] is None and rate["z"]["y"] is None  # only a tie: no decided battle
+    assert all(rate[m][m] is None for m in "xyz")
+    for a in "xyz":
+        for b in "xyz":
+            if rate[a][b] is not None:
+                assert math.isclose(rate[a][b] + rate[b][a], 1.0)
+    wins, ties = arena.win_counts(battles, ["x", "y", "z"])
+    assert wins["x"]["y"] == 2 and ties["x"]["y"] == ties["y"]["x"] == 1
+
+
+def test_distinct_n_on_hand_examples():
+    assert arena.distinct_n(["the king the king"], 1) == 0.5  # 2 distinct of 4 words
+    assert arena.distinct_n(["the king the king"], 2) == 2 / 3  # (the king), (king the), (the king)
+    assert arena.distinct_n(["Love is kind.", "Love is blind."], 1) == 4 / 6
+    assert arena.distinct_n(["Love is kind.", "Love is blind."], 2) == 3 / 4
+    assert arena.distinct_n(["One", ""], 2) == 0.0  # no bigram at all
+    assert arena.distinct_n(["all words differ here"], 1) == 1.0
+    with pytest.raises(ValueError):
+        arena.distinct_n(["x"], 0)
+
+
+def test_judged_battles_cover_every_pair_and_call_gold_ties_ties():
+    from rlhf_helpers.labeler import SimulatedLabeler
+
+    prompts = ["Write a line about love.", "Write a line about the sea."]
+    answers = {"good": ["Sweet love is kind and fair.", "The sea is gentle tonight."],
+               "same": ["Sweet love is kind and fair.", "The sea is gentle tonight."],
+               "bad": ["the the the the", "Death and blood."]}
+    ended = {name: [True, True] for name in answers}
+    battles = arena.judge_battles(prompts, answers, ended, SimulatedLabeler(tau=0.05))
+    assert len(battles) == 2 * 3
+    for b in battles:
+        if {b.model_a, b.model_b} == {"good", "same"}:
+            assert b.winner == "tie"
+        elif "bad" in (b.model_a, b.model_b):  # a careful labeler (tau 0.05) picks the better answer
+            assert (b.model_a if b.winner == "a" else b.model_b) != "bad"
