@@ -15,13 +15,7 @@ from rlhf_helpers.gpt import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: a second thread only adds synchronisation (and is slow on a busy CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (see conftest.py)
 
 
 TINY = dict(vocab_size=61, block_size=16, n_layer=2, n_head=2, n_embd=16)

@@ -13,13 +13,7 @@ from rlhf_helpers import ppo
 END, PAD = 3, 1  # the ids of <|im_end|> and <|pad|> in the tiny tokenizer below
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread: on a busy 2-core machine, 60x faster than on two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (see conftest.py)
 
 
 # --------------------------------------------------------------------------------------------
@@ -180,11 +174,11 @@ def test_sample_responses_are_truncated_and_fit_the_context():
 
 
 def test_reference_logprobs_with_a_frozen_copy_and_with_a_lora_adapter_disabled():
-    from peft import LoraConfig, get_peft_model
+    from rlhf_helpers.lora import peft_lora_config, wrap_with_peft
 
     base = tiny_policy()
     frozen_sft = copy.deepcopy(base)
-    policy = get_peft_model(base, LoraConfig(r=4, target_modules=["c_attn"], fan_in_fan_out=True))
+    policy = wrap_with_peft(base, peft_lora_config(r=4, alpha=8, target_modules=["c_attn"]))
     with torch.no_grad():  # a trained adapter: the policy has moved away from the SFT model
         for name, p in policy.named_parameters():
             if "lora_B" in name:
@@ -445,11 +439,11 @@ def test_train_ppo_smoke_with_a_reward_model():
 
 
 def test_train_ppo_with_a_lora_policy_and_no_reference_copy():
-    from peft import LoraConfig, get_peft_model
+    from rlhf_helpers.lora import peft_lora_config, wrap_with_peft
 
     base = tiny_policy()
     value_model = ppo.value_model_from_causal_lm(base)
-    policy = get_peft_model(base, LoraConfig(r=4, target_modules=["c_attn"], fan_in_fan_out=True))
+    policy = wrap_with_peft(base, peft_lora_config(r=4, alpha=8, target_modules=["c_attn"]))
     frozen = {n: p.detach().clone() for n, p in policy.named_parameters() if not p.requires_grad}
     adapter = {n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}
     config = ppo.PPOConfig(batch_size=4, mini_batch_size=2, ppo_epochs=2, max_new_tokens=5, lr=1e-2)

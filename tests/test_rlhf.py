@@ -22,13 +22,7 @@ TINY_PPO = dataclasses.replace(TINY, ppo=env.PPOSizes(
     checkpoint_prompts=4, eval_prompts=6, overopt_betas=(0.0,), overopt_lr=1e-3, overopt_steps=2, overopt_eval_every=1))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread: on a busy 2-core machine, 60x faster than on two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (see conftest.py)
 
 
 def tiny_reward():
