@@ -3,11 +3,16 @@
 import copy
 import tempfile
 
+import pytest
 import torch
 
 from rlhf_helpers import beyond_ppo, env, instructions
 from rlhf_helpers.checks.l07_beyond_ppo import reference_dpo_loss, reference_group_advantages
 from rlhf_helpers.preferences import Comparison
+
+# trl 1.16 asks transformers a renamed question (``is_gradient_checkpointing``) in every DPO and GRPO
+# step; beyond_ppo silences it for notebooks, but pytest resets warning filters for each test.
+pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
 
 SIZES = env.BeyondSizes(dpo_steps=1, dpo_batch_size=4, dpo_lr=1e-3, dpo_beta=0.2, grpo_steps=1, grpo_prompts=2,
                         grpo_generations=2, grpo_lr=1e-3, grpo_beta=0.02, max_new_tokens=6, arena_prompts=4)
