@@ -47,21 +47,6 @@ GRPO_REWARDS = ("model", "rule")  # the learned reward, or the verifiable rule
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*deprecated", category=FutureWarning)
 
 
-def _cpu_settings(output_dir: str, steps: int, batch_size: int, lr: float, seed: int) -> dict:
-    """What every trainer here shares: no bf16, no activation checkpointing, no saving, no hub, no bar."""
-    return dict(output_dir=output_dir, max_steps=steps, per_device_train_batch_size=batch_size, learning_rate=lr,
-                lr_scheduler_type="cosine", warmup_steps=max(1, steps // 20), logging_steps=max(1, steps // 30),
-                use_cpu=not torch.cuda.is_available(), bf16=False, activation_checkpointing=False,
-                save_strategy="no", report_to=[], seed=seed, disable_tqdm=True, dataloader_num_workers=0)
-
-
-def _quiet(trainer):
-    from transformers.trainer_callback import PrinterCallback
-
-    trainer.remove_callback(PrinterCallback)  # logs go to log_history, not to the screen
-    return trainer
-
-
 # --------------------------------------------------------------------------------------------
 # DPO
 # --------------------------------------------------------------------------------------------
@@ -70,7 +55,7 @@ def dpo_trainer_config(sizes, output_dir: str, **overrides):
     """A ``DPOConfig``: the standard sigmoid loss, no label smoothing, the reference computed on the fly."""
     from trl import DPOConfig
 
-    settings = dict(**_cpu_settings(output_dir, sizes.dpo_steps, sizes.dpo_batch_size, sizes.dpo_lr, DPO_SEED),
+    settings = dict(**sft.trainer_settings(output_dir, sizes.dpo_steps, sizes.dpo_batch_size, sizes.dpo_lr, DPO_SEED),
                     beta=sizes.dpo_beta, loss_type=["sigmoid"], label_smoothing=0.0, max_length=128,
                     precompute_ref_log_probs=False)
     return DPOConfig(**{**settings, **overrides})
@@ -92,7 +77,7 @@ def dpo_trainer(model, ref_model, tokenizer, comparisons, sizes, output_dir: str
         trainer = DPOTrainer(model=model, ref_model=ref_model, args=config,
                              train_dataset=preferences.to_preference_dataset(comparisons),
                              processing_class=tokenizer, callbacks=callbacks)
-    return _quiet(trainer)
+    return sft.quiet_trainer(trainer)
 
 
 def completion_logps(model, batch: dict) -> torch.Tensor:
@@ -209,7 +194,7 @@ def grpo_trainer_config(sizes, output_dir: str, **overrides):
     from trl import GRPOConfig
 
     batch = sizes.grpo_prompts * sizes.grpo_generations
-    settings = dict(**_cpu_settings(output_dir, sizes.grpo_steps, batch, sizes.grpo_lr, GRPO_SEED),
+    settings = dict(**sft.trainer_settings(output_dir, sizes.grpo_steps, batch, sizes.grpo_lr, GRPO_SEED),
                     num_generations=sizes.grpo_generations, max_completion_length=sizes.max_new_tokens,
                     temperature=1.0, beta=sizes.grpo_beta, use_vllm=False, log_completions=False)
     return GRPOConfig(**{**settings, **overrides})
@@ -231,7 +216,7 @@ def grpo_trainer(model, tokenizer, reward_funcs, prompts: list[str], sizes, outp
     with sft.quiet_datasets():
         trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs, args=config, train_dataset=grpo_dataset(prompts),
                               processing_class=tokenizer, callbacks=callbacks)
-    return _quiet(trainer)
+    return sft.quiet_trainer(trainer)
 
 
 def train_grpo(sizes, reward_name: str = "model", progress=None):

@@ -326,14 +326,8 @@ def reward_trainer_config(sizes, output_dir: str, **overrides):
     no saving, no hub."""
     from trl import RewardConfig
 
-    on_gpu = torch.cuda.is_available()
-    settings = dict(
-        output_dir=output_dir, max_steps=sizes.max_steps, per_device_train_batch_size=sizes.batch_size,
-        learning_rate=sizes.lr, lr_scheduler_type="cosine", warmup_steps=max(1, sizes.max_steps // 20),
-        logging_steps=max(1, sizes.max_steps // 40), max_length=128, center_rewards_coefficient=None,
-        use_cpu=not on_gpu, bf16=False, activation_checkpointing=False, save_strategy="no", report_to=[],
-        seed=REWARD_SEED, disable_tqdm=True, dataloader_num_workers=0,
-    )
+    settings = sft.trainer_settings(output_dir, sizes.max_steps, sizes.batch_size, sizes.lr, REWARD_SEED)
+    settings.update(logging_steps=max(1, sizes.max_steps // 40), max_length=128, center_rewards_coefficient=None)
     return RewardConfig(**{**settings, **overrides})
 
 
@@ -346,7 +340,6 @@ def reward_trainer(model, tokenizer, comparisons: list[Comparison], sizes, outpu
     ``rejected_ids``, and ``trainer.data_collator`` stacks a batch as the chosen rows followed by the
     rejected rows, right-padded.
     """
-    from transformers.trainer_callback import PrinterCallback
     from trl import RewardTrainer
 
     config = reward_trainer_config(sizes, output_dir, **overrides)
@@ -354,8 +347,7 @@ def reward_trainer(model, tokenizer, comparisons: list[Comparison], sizes, outpu
         trainer = RewardTrainer(model=model, args=config,
                                 train_dataset=preferences.to_preference_dataset(comparisons),
                                 processing_class=tokenizer, callbacks=callbacks)
-    trainer.remove_callback(PrinterCallback)  # logs go to log_history, not to the screen
-    return trainer
+    return sft.quiet_trainer(trainer)
 
 
 def train_reward_model(comparisons: list[Comparison], sizes, progress=None):

@@ -36,20 +36,30 @@ def demonstrations_dataset(tasks: list[instructions.Task]):
     ])
 
 
+def trainer_settings(output_dir: str, steps: int, batch_size: int, lr: float, seed: int) -> dict:
+    """What every trl trainer of the course shares (SFT here; reward, DPO and GRPO later): AdamW with a
+    cosine schedule after a short warm-up, no bf16 and no activation checkpointing on a CPU (trl turns
+    the latter on by default; our models are tiny), no saving, no hub, no progress bar of its own."""
+    return dict(output_dir=output_dir, max_steps=steps, per_device_train_batch_size=batch_size, learning_rate=lr,
+                lr_scheduler_type="cosine", warmup_steps=max(1, steps // 20), logging_steps=max(1, steps // 30),
+                use_cpu=not torch.cuda.is_available(), bf16=False, activation_checkpointing=False,
+                save_strategy="no", report_to=[], seed=seed, disable_tqdm=True, dataloader_num_workers=0)
+
+
+def quiet_trainer(trainer):
+    """Remove the Trainer's printer: logs go to ``log_history``, not into the notebook's cells."""
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
 def sft_trainer_config(sizes, output_dir: str, **overrides):
-    """An ``SFTConfig`` for a CPU or a GPU: no bf16, no activation checkpointing (trl turns it on by
-    default; our model is tiny), no saving, no hub."""
+    """An ``SFTConfig`` for a CPU or a GPU (see ``trainer_settings``)."""
     from trl import SFTConfig
 
-    on_gpu = torch.cuda.is_available()
-    settings = dict(
-        output_dir=output_dir, max_steps=sizes.max_steps, per_device_train_batch_size=sizes.batch_size,
-        learning_rate=sizes.lr, lr_scheduler_type="cosine", warmup_steps=max(1, sizes.max_steps // 20),
-        logging_steps=max(1, sizes.max_steps // 30), max_length=128, use_cpu=not on_gpu, bf16=False,
-        activation_checkpointing=False, save_strategy="no", report_to=[], seed=SFT_SEED,
-        disable_tqdm=True, dataloader_num_workers=0,
-    )
-    return SFTConfig(**{**settings, **overrides})
+    settings = trainer_settings(output_dir, sizes.max_steps, sizes.batch_size, sizes.lr, SFT_SEED)
+    return SFTConfig(**{**settings, "max_length": 128, **overrides})
 
 
 @contextlib.contextmanager
@@ -75,7 +85,6 @@ def sft_trainer(model, tokenizer, tasks: list[instructions.Task], sizes, output_
     With a ``peft_config`` (lesson 04) trl wraps the model and trains only the adapter; prompt
     tuning's virtual tokens take places in the context, so the demonstrations get fewer.
     """
-    from transformers.trainer_callback import PrinterCallback
     from trl import SFTTrainer
 
     virtual_tokens = getattr(peft_config, "num_virtual_tokens", None) or 0
@@ -83,8 +92,7 @@ def sft_trainer(model, tokenizer, tasks: list[instructions.Task], sizes, output_
     with quiet_datasets(), lora.quiet_peft():
         trainer = SFTTrainer(model=model, args=config, train_dataset=demonstrations_dataset(tasks),
                              processing_class=tokenizer, callbacks=callbacks, peft_config=peft_config)
-    trainer.remove_callback(PrinterCallback)  # logs go to log_history, not to the screen
-    return trainer
+    return quiet_trainer(trainer)
 
 
 def chat_prompt(tokenizer, prompt: str) -> str:
