@@ -120,19 +120,52 @@ def generate_responses(model, tokenizer, prompts: list[str], *, max_new_tokens: 
         batch = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left",
                           add_special_tokens=False).to(device)
         room = _context_room(model, batch["input_ids"].size(1))
-        out = model.generate(**batch, max_new_tokens=min(max_new_tokens, room), do_sample=temperature > 0,
-                             temperature=temperature if temperature > 0 else None, top_k=top_k if temperature > 0 else None,
-                             eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id)
-        new_tokens = out[:, batch["input_ids"].size(1):]
+        generator, inputs = _generation_inputs(model, batch)
+        out = generator.generate(**inputs, max_new_tokens=min(max_new_tokens, room), do_sample=temperature > 0,
+                                 temperature=temperature if temperature > 0 else None,
+                                 top_k=top_k if temperature > 0 else None,
+                                 eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id)
+        new_tokens = out[:, out.size(1) - _new_length(out, inputs):]
         responses += [r.strip() for r in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
     return responses
 
 
+def _prompt_tuned(model) -> bool:
+    """True for a peft model whose adapter is prompt learning (virtual tokens before the input)."""
+    config = getattr(model, "active_peft_config", None)  # set on a peft model
+    return config is not None and config.is_prompt_learning
+
+
+def _generation_inputs(model, batch):
+    """The model to call ``generate`` on, and its inputs.
+
+    A prompt-tuned model's learned embeddings go in front of the prompt's token embeddings, and
+    the base model generates from those ``inputs_embeds``: exactly what the adapter's forward pass
+    does in training. peft's own ``generate`` does this by patching transformers' generation
+    internals, which transformers 5.24 renamed (every step then re-inserted the virtual tokens
+    and the positions ran past the context). The public route here does not depend on them.
+    """
+    if not _prompt_tuned(model):
+        return model, dict(batch)
+    embeds = model.get_input_embeddings()(batch["input_ids"])
+    virtual = model.get_prompt(batch_size=embeds.size(0)).to(embeds.dtype)
+    mask = batch["attention_mask"]
+    prefix_mask = torch.ones(mask.size(0), virtual.size(1), dtype=mask.dtype, device=mask.device)
+    return model.get_base_model(), {"inputs_embeds": torch.cat([virtual, embeds], dim=1),
+                                    "attention_mask": torch.cat([prefix_mask, mask], dim=1)}
+
+
+def _new_length(out: torch.Tensor, inputs: dict) -> int:
+    """How many of ``out``'s columns are new tokens: generating from ``inputs_embeds`` returns
+    only the new ones, generating from ``input_ids`` returns the prompt too."""
+    if "input_ids" in inputs:
+        return out.size(1) - inputs["input_ids"].size(1)
+    return out.size(1)
+
+
 def _context_room(model, prompt_length: int) -> int:
     """How many tokens fit after a prompt: the context, minus the prompt and any virtual tokens."""
-    config = getattr(model, "active_peft_config", None)  # set on a peft model
-    prompt_tuned = config is not None and config.is_prompt_learning
-    virtual = config.num_virtual_tokens if prompt_tuned else 0
+    virtual = model.active_peft_config.num_virtual_tokens if _prompt_tuned(model) else 0
     room = model.config.n_positions - prompt_length - virtual
     if room < 1:
         raise ValueError(f"A prompt of {prompt_length} tokens leaves no room in a context of "

@@ -40,3 +40,28 @@ def test_trl_masks_the_prompt_out_of_the_labels(monkeypatch):
         labels = torch.tensor(row["input_ids"]).masked_fill(torch.tensor(row["completion_mask"]) == 0, -100)
     assert (labels[:prompt_len] == -100).all() and (labels[prompt_len:] != -100).all()
     assert tokenizer.decode(labels[prompt_len:]).startswith(task.response)
+
+
+def test_prompt_tuned_generation_matches_the_adapters_forward_pass_up_to_a_full_context():
+    """Generating from a prompt-tuned model feeds its virtual tokens once, before the prompt.
+
+    peft's own generate broke on transformers 5.24 (the virtual tokens came back at every step and
+    the positions overran the context); the course's route must fill the context exactly and agree
+    with the adapter's forward pass.
+    """
+    from peft import PromptTuningConfig, get_peft_model
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    base = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=32, n_embd=16, n_layer=1, n_head=2,
+                                      bos_token_id=0, eos_token_id=0))
+    model = get_peft_model(base, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4)).eval()
+    batch = {"input_ids": torch.randint(5, 50, (2, 10)), "attention_mask": torch.ones(2, 10, dtype=torch.long)}
+    generator, inputs = sft._generation_inputs(model, batch)
+    room = sft._context_room(model, 10)
+    assert room == 32 - 10 - 4
+    out = generator.generate(**inputs, max_new_tokens=room, min_new_tokens=room, do_sample=False, pad_token_id=1)
+    assert sft._new_length(out, inputs) == out.size(1) == room
+    with torch.no_grad():
+        first = model(**batch).logits[:, -1].argmax(-1)
+    assert torch.equal(out[:, 0], first)
