@@ -4,31 +4,48 @@
 #   make test    set up (first time only) and run every test, notebooks included
 #   make setup   the environment only          make bench   time every lesson
 #   make doctor  check this machine            make build   regenerate lessons/ from solutions/
+#
+# Slower checks for contributors, not run by CI:
+#   make test-portable  the notebooks on a simulated other machine (generic kernels, one thread),
+#                       from an empty artifacts folder in reverse lesson order, then again
+#   make test-latest    the whole suite on the newest release of every dependency (.venv-latest)
+#   make lock           rewrite requirements.lock from the newest releases (after test-latest passes)
 
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# torch goes in first so that the rest of the install keeps it. The course is tested up to
-# 2.13; machines with a local wheel cache of the CPU build take it from there. On Linux without
-# an NVIDIA GPU, save ~3 GB of CUDA libraries with:
+# Every package comes at the version in requirements.lock (pip constraints: see course/lock.py).
+LOCK := requirements.lock
+# torch goes in first so that the rest of the install keeps it. The lock holds one release; a
+# machine with a local wheel of its CPU build takes that. On Linux without an NVIDIA GPU, save
+# ~3 GB of CUDA libraries with:
 #   make setup TORCH_INDEX="--index-url https://download.pytorch.org/whl/cpu"
+# TORCH_SPEC bounds the torch that `make lock` may move to.
 TORCH_SPEC ?= torch>=2.4,<2.14
 TORCH_INDEX ?=
 KERNEL := rlhf-course
 # Tests and builds never touch a model hub.
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
-.PHONY: setup lab test bench doctor build check clean
+# The simulated other machine of `make test-portable`: PyTorch's generic (non-vector) kernels
+# and one thread change float rounding the way another CPU, OS or thread count would.
+PORTABLE_ENV := ATEN_CPU_CAPABILITY=default OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+PORTABLE_ARTIFACTS := .portable-artifacts
+LESSONS_REVERSED = $(shell ls lessons/*.ipynb | sort -r)
+LATEST_VENV := .venv-latest
+LATEST_TORCH_SPEC ?= torch
+
+.PHONY: setup lab test test-portable test-latest latest-env lock bench doctor build check clean
 
 setup: $(STAMP)
 
-# Re-runs only when pyproject.toml changes (or the environment is missing).
-$(STAMP): pyproject.toml
+# Re-runs only when pyproject.toml or the lock changes (or the environment is missing).
+$(STAMP): pyproject.toml $(LOCK)
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "The course needs Python 3.11 or newer; this is " + sys.version.split()[0] + ". Install it and run: make PYTHON=python3.11 setup")'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet "$(TORCH_SPEC)" $(TORCH_INDEX)
-	$(PY) -m pip install --quiet -e .
+	$(PY) -m pip install --quiet -c $(LOCK) torch $(TORCH_INDEX)
+	$(PY) -m pip install --quiet -c $(LOCK) -e .
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python 3 (RLHF course)" >/dev/null
 	@touch $(STAMP)
 	@echo "Environment ready in $(VENV). Next: make lab (or make test)."
@@ -38,6 +55,38 @@ lab: setup
 
 test: setup
 	$(OFFLINE) $(PY) -m pytest --nbval tests lessons solutions
+
+# Not in CI (about 40 minutes on 2 cores): run it before changing what a notebook prints.
+test-portable: setup
+	rm -rf $(PORTABLE_ARTIFACTS)
+	@echo "run 1 of 2: empty artifacts folder, lessons in reverse order, generic kernels, one thread"
+	$(OFFLINE) $(PORTABLE_ENV) RLHF_ARTIFACTS=$(CURDIR)/$(PORTABLE_ARTIFACTS) \
+		$(PY) -m pytest --nbval --nbval-cell-timeout=3600 -p no:cacheprovider $(LESSONS_REVERSED)
+	@echo "run 2 of 2: the same, with the artifacts of run 1"
+	$(OFFLINE) $(PORTABLE_ENV) RLHF_ARTIFACTS=$(CURDIR)/$(PORTABLE_ARTIFACTS) \
+		$(PY) -m pytest --nbval --nbval-cell-timeout=3600 -p no:cacheprovider $(LESSONS_REVERSED)
+
+# A fresh environment of the newest releases, ignoring the lock, and its own artifacts folder.
+latest-env:
+	rm -rf $(LATEST_VENV)
+	$(PYTHON) -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/python -m pip install --quiet --upgrade "$(LATEST_TORCH_SPEC)" $(TORCH_INDEX)
+	$(LATEST_VENV)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -e .
+	@$(LATEST_VENV)/bin/python -m pip freeze --exclude-editable > $(LATEST_VENV)/versions.txt
+	@echo "Newest releases (differences from $(LOCK)):"
+	@$(LATEST_VENV)/bin/python -m course.lock --compare $(LATEST_VENV)/versions.txt
+
+test-latest: latest-env
+	$(OFFLINE) RLHF_UNLOCKED=1 RLHF_ARTIFACTS=$(CURDIR)/$(LATEST_VENV)/artifacts \
+		$(LATEST_VENV)/bin/python -m pytest --nbval -p no:cacheprovider tests lessons solutions
+
+# Rewrites the lock from the newest releases, torch held within TORCH_SPEC. Then run make test.
+lock:
+	$(MAKE) latest-env LATEST_VENV=.venv-lock LATEST_TORCH_SPEC="$(TORCH_SPEC)"
+	.venv-lock/bin/python -m course.lock < .venv-lock/versions.txt > $(LOCK).tmp
+	mv $(LOCK).tmp $(LOCK)
+	rm -rf .venv-lock
+	@echo "$(LOCK) updated: review the diff, run make test, and commit it."
 
 bench: setup
 	$(OFFLINE) $(PY) -m course bench
@@ -52,4 +101,4 @@ check: setup
 	$(PY) -m course build --check
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) $(LATEST_VENV) $(PORTABLE_ARTIFACTS) *.egg-info .pytest_cache

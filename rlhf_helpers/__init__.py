@@ -21,11 +21,13 @@ Each module holds one concept, and a lesson imports only what earlier lessons ta
 - ``figures``    the key figures a lesson reports to ``python -m course bench``
 - ``widgets``    notebook widgets (token visualiser, generation playground, labelling)
 
-Importing the package switches the Hugging Face libraries offline (see ``env.go_offline``).
+Importing the package switches the Hugging Face libraries offline (see ``env.go_offline``) and
+turns off their progress bars (``env.quiet_library_progress_bars``).
 """
 
-from rlhf_helpers.env import go_offline
+from rlhf_helpers.env import go_offline, quiet_library_progress_bars
 
 go_offline()
+quiet_library_progress_bars()
 
 __version__ = "0.1.0"

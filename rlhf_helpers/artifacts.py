@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import time
@@ -35,6 +36,31 @@ from tqdm.auto import tqdm
 ARTIFACTS_VAR = "RLHF_ARTIFACTS"
 MANIFEST = "artifact.json"
 Builder = Callable[[Path, tqdm], None]
+
+
+class ProgressBar(tqdm):
+    """A ``tqdm.auto`` bar that refreshes at most ``REFRESHES`` times a pass and once a second.
+
+    In a notebook each refresh is a message on Jupyter's output channel. A bar throttled by time
+    alone sends more of them the slower the machine, and a long build on a slow laptop sent
+    thousands; counting steps too bounds them whatever the machine.
+    """
+
+    REFRESHES = 50
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("mininterval", 1.0)
+        super().__init__(*args, **kwargs)
+        self._bound_refreshes()
+
+    def reset(self, total=None):
+        super().reset(total=total)
+        self._bound_refreshes()
+
+    def _bound_refreshes(self) -> None:
+        if self.total:
+            self.miniters = max(1, math.ceil(self.total / self.REFRESHES))
+            self.dynamic_miniters = False
 
 
 class ArtifactError(RuntimeError):
@@ -147,8 +173,7 @@ def fetch(stage: str, config: Mapping[str, Any], build: Builder, *, made_by: str
     tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        # one refresh a second: a long build must not flood Jupyter's message channel
-        with tqdm(desc=f"building {stage}", unit="step", mininterval=1.0) as progress:
+        with ProgressBar(desc=f"building {stage}", unit="step") as progress:
             build(tmp, progress)
         manifest = {"stage": stage, "config": dict(config), "made_by": made_by,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "files": _file_table(tmp)}

@@ -243,6 +243,18 @@ def go_offline() -> None:
         os.environ.setdefault(var, "1")
 
 
+def quiet_library_progress_bars() -> None:
+    """Switch off the progress bars of the Hugging Face libraries (unless the learner set them).
+
+    transformers draws a "Loading weights" bar on every ``from_pretrained`` and datasets one per
+    ``map``: in a notebook each stays behind as a frozen widget. The course's own bars (see
+    ``artifacts.ProgressBar``) show the steps that take time. Set before the libraries are
+    imported, which is why ``import rlhf_helpers`` calls this.
+    """
+    for var in ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
+        os.environ.setdefault(var, "1")
+
+
 @contextlib.contextmanager
 def network_blocked():
     """Inside this block any attempt to open a network connection raises ``OSError``.

@@ -342,7 +342,7 @@ def train(model: GPT, train_data: torch.Tensor, val_data: torch.Tensor | None, s
     ``tqdm.auto`` bar is made. The model is left in eval mode, ready to generate. Left out:
     gradient accumulation, mixed precision, checkpoints, early stopping.
     """
-    from tqdm.auto import tqdm
+    from rlhf_helpers.artifacts import ProgressBar
 
     device = next(model.parameters()).device
     block_size = model.config.block_size
@@ -352,7 +352,7 @@ def train(model: GPT, train_data: torch.Tensor, val_data: torch.Tensor | None, s
     generator = torch.Generator().manual_seed(seed)  # the batches, reproducibly
     splits = {"train": train_data} if val_data is None else {"train": train_data, "val": val_data}
     own_bar = progress is None
-    bar = tqdm(total=steps, desc="training", unit="step", mininterval=1.0) if own_bar else progress
+    bar = ProgressBar(total=steps, desc="training", unit="step") if own_bar else progress
     if not own_bar:
         bar.reset(total=steps)
 

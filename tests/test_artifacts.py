@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -102,3 +103,18 @@ def test_full_verify_detects_changed_bytes():
     artifacts.verify(path)  # the cheap check passes...
     with pytest.raises(artifacts.ArtifactError, match="SHA-256"):
         artifacts.verify(path, full=True)  # ...the full one does not
+
+
+@pytest.mark.parametrize("steps", [10, 3_000, 100_000])
+def test_progress_bar_refreshes_a_bounded_number_of_times_however_slow(steps, monkeypatch):
+    """Each notebook refresh is a Jupyter message: a long build must not send thousands."""
+    bar = artifacts.ProgressBar(total=5, disable=False, mininterval=0.0, file=open(os.devnull, "w"))
+    refreshes = []
+    monkeypatch.setattr(bar, "refresh", lambda *a, **k: refreshes.append(bar.n))
+    bar.reset(total=steps)  # builders reset the bar to their own number of steps
+    for _ in range(steps):
+        bar.update()
+    bar.close()
+    assert bar.n == steps
+    assert len(refreshes) <= artifacts.ProgressBar.REFRESHES + 1
+    assert len(refreshes) >= min(steps, artifacts.ProgressBar.REFRESHES) - 1, "the bar must still move"

@@ -90,3 +90,11 @@ def test_network_blocked_refuses_connections_and_restores():
         with pytest.raises(OSError, match="network"):
             socket.getaddrinfo("example.org", 80)
     assert socket.getaddrinfo("127.0.0.1", 80)  # works again afterwards (no DNS needed)
+
+
+def test_library_progress_bars_are_off_unless_the_learner_set_them(monkeypatch):
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
+    monkeypatch.setenv("HF_DATASETS_DISABLE_PROGRESS_BARS", "0")  # the learner's own choice
+    env.quiet_library_progress_bars()
+    assert __import__("os").environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"
+    assert __import__("os").environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] == "0"
