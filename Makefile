@@ -24,7 +24,6 @@ LOCK := requirements.lock
 # TORCH_SPEC bounds the torch that `make lock` may move to.
 TORCH_SPEC ?= torch>=2.4,<2.14
 TORCH_INDEX ?=
-KERNEL := rlhf-course
 # Tests and builds never touch a model hub.
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
@@ -41,17 +40,14 @@ LATEST_TORCH_SPEC ?= torch
 setup: $(STAMP)
 
 # Re-runs only when pyproject.toml or the lock changes (or the environment is missing).
+# The recipe is course/environment.py, shared with `python -m course setup` (no make needed).
 $(STAMP): pyproject.toml $(LOCK)
-	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "The course needs Python 3.11 or newer; this is " + sys.version.split()[0] + ". Install it and run: make PYTHON=python3.11 setup")'
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -c $(LOCK) torch $(TORCH_INDEX)
-	$(PY) -m pip install --quiet -c $(LOCK) -e .
-	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python 3 (RLHF course)" >/dev/null
-	@touch $(STAMP)
-	@echo "Environment ready in $(VENV). Next: make lab (or make test)."
+	$(PYTHON) -m course setup --force --torch-index "$(TORCH_INDEX)"
 
+# As root, on a machine with no display, or over SSH: see course/lab.py. LAB_ARGS="--ip 0.0.0.0"
+# listens on every address (the default is this machine only).
 lab: setup
-	$(VENV)/bin/jupyter lab lessons/00_start_here.ipynb
+	$(PY) -m course lab $(LAB_ARGS)
 
 test: setup
 	$(OFFLINE) $(PY) -m pytest --nbval tests lessons solutions

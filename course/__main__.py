@@ -1,4 +1,8 @@
-"""``python -m course list | doctor | build [--check] | bench``"""
+"""``python -m course setup | lab | test | list | doctor | build [--check] | bench``
+
+``setup``, ``lab`` and ``test`` are the Makefile's targets for machines without ``make`` (Windows):
+they need only the Python that runs them, and use the course's environment in ``.venv``.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,28 @@ def _selected(keys: list[str]) -> list[manifest.Lesson]:
     if missing:
         raise SystemExit(f"Not written yet: {', '.join(missing)}")
     return lessons
+
+
+def cmd_setup(args) -> int:
+    from course.environment import setup
+
+    setup(torch_index=args.torch_index, force=args.force)
+    return 0
+
+
+def cmd_lab(args) -> int:
+    from course import lab
+    from course.environment import setup
+
+    setup(torch_index=args.torch_index)
+    return lab.main(ip=args.ip, port=args.port, open_browser=False if args.no_browser else None)
+
+
+def cmd_test(args) -> int:
+    from course.environment import run_tests, setup
+
+    setup(torch_index=args.torch_index)
+    return run_tests(paths=tuple(args.paths) or ("tests", "lessons", "solutions"))
 
 
 def cmd_list(args) -> int:
@@ -58,6 +84,20 @@ def cmd_bench(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m course", description="RLHF from scratch: the course shell")
     sub = parser.add_subparsers(dest="command", required=True)
+    torch_index = argparse.ArgumentParser(add_help=False)
+    torch_index.add_argument("--torch-index", default="", metavar="PIP_ARGS",
+                             help='where pip finds torch, e.g. "--index-url https://download.pytorch.org/whl/cpu"')
+    p = sub.add_parser("setup", parents=[torch_index], help="create or update the course's environment (.venv)")
+    p.add_argument("--force", action="store_true", help="reinstall even if the environment is up to date")
+    p.set_defaults(func=cmd_setup)
+    p = sub.add_parser("lab", parents=[torch_index], help="set up if needed, then open JupyterLab at lesson 00")
+    p.add_argument("--ip", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    p.add_argument("--port", type=int, help="port (default: the first free one from 8888)")
+    p.add_argument("--no-browser", action="store_true", help="print the address instead of opening a browser")
+    p.set_defaults(func=cmd_lab)
+    p = sub.add_parser("test", parents=[torch_index], help="set up if needed, then run every test offline")
+    p.add_argument("paths", nargs="*", help="what to test (default: tests lessons solutions)")
+    p.set_defaults(func=cmd_test)
     p = sub.add_parser("list", help="the lessons in order")
     p.add_argument("-v", "--verbose", action="store_true", help="also print each lesson's objectives")
     p.set_defaults(func=cmd_list)
@@ -72,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", help="cpu or gpu (default: $RLHF_PROFILE or automatic)")
     p.set_defaults(func=cmd_bench)
     args = parser.parse_args(argv)
+    if args.command in ("setup", "lab", "test"):  # before anything is installed: standard library only
+        return args.func(args)
     from rlhf_helpers.env import CourseConfigError
 
     try:

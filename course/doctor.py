@@ -20,7 +20,7 @@ def _version(name: str) -> str:
 def _kernel_status() -> str:
     from jupyter_client.kernelspec import KernelSpecManager
 
-    from course.execute import KERNEL_NAME
+    from course.environment import KERNEL_NAME
 
     specs = KernelSpecManager().find_kernel_specs()
     if KERNEL_NAME in specs:

@@ -16,8 +16,8 @@ from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
 from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 
-KERNEL_NAME = "rlhf-course"
-KERNEL_DISPLAY_NAME = "Python 3 (RLHF course)"
+from course.environment import KERNEL_DISPLAY_NAME, KERNEL_NAME
+
 _CURRENT_ENV = "_course_current_env"
 
 

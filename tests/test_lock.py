@@ -44,10 +44,13 @@ def test_differences_name_each_package_that_moved():
     assert lock.differences("torch==2.13.0\ntrl==1.16.0\n", pins) == ["none: the lock is current"]
 
 
-def test_make_setup_installs_from_the_lock():
+def test_make_setup_and_course_setup_share_one_recipe_that_installs_from_the_lock():
+    from course import environment
+
     setup_recipe = (ROOT / "Makefile").read_text().split("$(STAMP): pyproject.toml $(LOCK)")[1].split("\n\n")[0]
-    installs = [line for line in setup_recipe.splitlines() if "pip install" in line]
-    assert installs and all("-c $(LOCK)" in line for line in installs)
+    assert "-m course setup" in setup_recipe and "pip install" not in setup_recipe
+    pips = [c for c in environment.install_commands() if "pip" in c]
+    assert pips and all(c[c.index("-c") + 1] == str(lock.LOCK_FILE) for c in pips)
 
 
 @pytest.mark.skipif(os.environ.get("RLHF_UNLOCKED") == "1", reason="make test-latest runs on the newest releases")
@@ -57,3 +60,16 @@ def test_this_environment_is_the_locked_one():
         installed = metadata.version(req.name).split("+")[0]
         assert installed == pins[lock.normalise(req.name)], (
             f"{req.name} {installed} is installed but the lock says {pins[lock.normalise(req.name)]}: run make setup")
+
+
+def test_the_readme_names_the_locked_versions():
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("<!-- tested-versions")[1].split("<!-- /tested-versions -->")[0]
+    pins = lock.read_lock()
+    named = {}
+    for line in [line for line in table.splitlines() if line.startswith("|")][2:]:  # past the header
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        named.update({cells[i]: cells[i + 1] for i in (0, 3)})
+    assert {"torch", "transformers", "trl", "peft"} <= set(named)
+    for package, version in named.items():
+        assert pins[lock.normalise(package)] == version, f"README says {package} {version}, the lock {pins[package]}"
