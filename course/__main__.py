@@ -42,6 +42,35 @@ def cmd_test(args) -> int:
     return run_tests(paths=tuple(args.paths) or ("tests", "lessons", "solutions"))
 
 
+def cmd_labels(args) -> int:
+    """A workshop's labels: export yours, merge the room's, report on them (rlhf_helpers.room)."""
+    from pathlib import Path
+
+    from rlhf_helpers import preferences, room
+
+    if args.action == "export":
+        annotator = args.id or room.anonymous_id()
+        destination = Path(args.output or f"labels-{annotator}.jsonl")
+        written, problems = room.export_labels(preferences.labels_path(), destination, annotator)
+        print(f"{written} labels written to {destination} as annotator {annotator!r}.")
+        for problem in problems:
+            print(f"  skipped {problem}")
+        return 0
+    if not args.files or (args.action == "merge" and not args.output):
+        raise SystemExit("usage: python -m course labels merge FILE... -o MERGED  |  labels report MERGED")
+    if args.action == "merge":
+        report = room.merge([Path(f) for f in args.files], Path(args.output))
+        print(f"{args.output}: {report.summary()}.")
+        for problem in report.problems:
+            print(f"  bad row: {problem}")
+        if report.problems:
+            print(f"  (kept verbatim in {args.output}.rejected)")
+        print(f"Train on them: RLHF_LABELS={args.output}")
+        return 0
+    print(room.room_report(Path(args.files[0]), tau=args.tau).text())
+    return 0
+
+
 def cmd_list(args) -> int:
     print(f"{'#':<3} {'lesson':<46} {'CPU min':>7} {'GPU min':>7}  status")
     for l in manifest.LESSONS:
@@ -107,6 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--check", action="store_true", help="write nothing; fail if lessons/ drifted")
     p.add_argument("--no-execute", action="store_true", help="regenerate sources without running them")
     p.set_defaults(func=cmd_build)
+    p = sub.add_parser("labels", help="a workshop's labels: export yours, merge the room's, report")
+    p.add_argument("action", choices=["export", "merge", "report"])
+    p.add_argument("files", nargs="*", help="merge: the exported files; report: the merged file")
+    p.add_argument("-o", "--output", help="export: the file to write; merge: the merged file (required)")
+    p.add_argument("--id", help="export: your annotator id (default: a random anonymous one)")
+    p.add_argument("--tau", type=float, default=0.5, help="report: the simulated labeler's noise scale")
+    p.set_defaults(func=cmd_labels)
     p = sub.add_parser("bench", help="time each lesson and record its key figures")
     p.add_argument("lessons", nargs="*", help="lesson numbers or slugs (default: all)")
     p.add_argument("--profile", help="cpu or gpu (default: $RLHF_PROFILE or automatic)")

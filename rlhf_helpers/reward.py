@@ -68,16 +68,28 @@ SAMPLING_BATCH = 512  # rows per generate() call: on a CPU, big batches cost far
 # --------------------------------------------------------------------------------------------
 
 def labels_source() -> str:
-    """``$RLHF_LABELS``: ``simulated`` (the default) or ``mine`` (your labels file)."""
-    value = os.environ.get(LABELS_VAR, "").strip().lower() or "simulated"
-    if value not in LABEL_SOURCES:
-        from rlhf_helpers.env import CourseConfigError
+    """``$RLHF_LABELS``: ``simulated`` (the default), ``mine`` (your labels file), or ``file``: the
+    path of a labels file, such as a workshop's merged labels (``python -m course labels merge``)."""
+    raw = os.environ.get(LABELS_VAR, "").strip()
+    value = raw.lower() or "simulated"
+    if value in LABEL_SOURCES:
+        return value
+    if Path(raw).expanduser().is_file():
+        return "file"
+    from rlhf_helpers.env import CourseConfigError
 
-        raise CourseConfigError(
-            f"Unknown {LABELS_VAR}={os.environ[LABELS_VAR]!r}. Set it to 'simulated' (the course's "
-            "simulated labeler, the default) or 'mine' (the labels you gave in lesson 05's widget), "
-            "or unset it.")
-    return value
+    raise CourseConfigError(
+        f"Unknown {LABELS_VAR}={os.environ[LABELS_VAR]!r}. Set it to 'simulated' (the course's "
+        "simulated labeler, the default), 'mine' (the labels you gave in lesson 05's widget) or the "
+        "path of an existing labels file (a workshop's merged labels), or unset it.")
+
+
+def labels_file() -> Path:
+    """The labels file that ``$RLHF_LABELS`` trains on (``mine``: yours; else the path it names)."""
+    source = labels_source()
+    if source == "simulated":
+        raise ValueError("RLHF_LABELS is 'simulated': there is no labels file to train on.")
+    return preferences.labels_path() if source == "mine" else Path(os.environ[LABELS_VAR].strip()).expanduser()
 
 
 # --------------------------------------------------------------------------------------------
@@ -281,7 +293,7 @@ def own_comparisons(heldout_prompts: set[str], path: Path | str | None = None, *
         print(f"  {len(report.comparisons) - len(comparisons)} labels on held-out prompts are kept out of training.")
     if len(comparisons) < MIN_OWN_COMPARISONS:
         raise CourseConfigError(
-            f"{LABELS_VAR}=mine, but you have {len(comparisons)} usable labels (A or B answers) in {path}, "
+            f"{LABELS_VAR}={os.environ.get(LABELS_VAR, 'mine')}, but you have {len(comparisons)} usable labels (A or B answers) in {path}, "
             f"and the reward model needs at least {MIN_OWN_COMPARISONS}. Label "
             f"{MIN_OWN_COMPARISONS - len(comparisons)} more pairs with the widget in lesson 05, or unset "
             f"{LABELS_VAR} to train on the simulated labeler's labels.")
@@ -425,8 +437,8 @@ def reward_config(profile=None) -> dict:
     source = labels_source()
     config = {"comparisons": comparisons_config(profile), "reward": asdict(profile.reward), "labels": source,
               "seed": REWARD_SEED, "version": REWARD_VERSION}
-    if source == "mine":
-        config["labels_sha256"] = _labels_digest(preferences.labels_path())
+    if source != "simulated":
+        config["labels_sha256"] = _labels_digest(labels_file())
     return config
 
 
@@ -434,8 +446,8 @@ def training_comparisons() -> tuple[list[Comparison], list[Comparison]]:
     """``(train, heldout)`` for the reward model: train on the simulated labels or yours, test on the
     simulated held-out pairs either way (your labels are never on a held-out prompt)."""
     train, heldout = simulated_comparisons()
-    if labels_source() == "mine":
-        train = own_comparisons({c.prompt for c in heldout})
+    if labels_source() != "simulated":
+        train = own_comparisons({c.prompt for c in heldout}, labels_file())
     return train, heldout
 
 
@@ -468,8 +480,8 @@ def reward_model_path() -> Path:
     """
     from rlhf_helpers import artifacts
 
-    if labels_source() == "mine":  # before building anything: enough labels? (bad rows are named when it builds)
-        own_comparisons({c.prompt for c in simulated_comparisons()[1]}, verbose=False)
+    if labels_source() != "simulated":  # before building anything: enough labels? (bad rows are named when it builds)
+        own_comparisons({c.prompt for c in simulated_comparisons()[1]}, labels_file(), verbose=False)
     return artifacts.fetch("reward_model", reward_config(), _build_reward_model,
                            made_by="lesson 05 (rlhf_helpers.reward)")
 

@@ -80,7 +80,20 @@ def test_labels_source_defaults_to_simulated_and_rejects_unknown_values(monkeypa
     monkeypatch.setenv(reward.LABELS_VAR, " Mine ")
     assert reward.labels_source() == "mine"
     monkeypatch.setenv(reward.LABELS_VAR, "human")
-    with pytest.raises(env.CourseConfigError, match="'simulated'.*'mine'"):
+    with pytest.raises(env.CourseConfigError, match="'simulated'.*'mine'.*path"):
+        reward.labels_source()
+
+
+def test_labels_can_be_a_file_such_as_a_workshops_merged_labels(monkeypatch, tmp_path):
+    merged = tmp_path / "room.jsonl"
+    merged.write_text("")
+    monkeypatch.setenv(reward.LABELS_VAR, str(merged))
+    assert reward.labels_source() == "file" and reward.labels_file() == merged
+    first = reward.reward_config()["labels_sha256"]
+    preferences.append_label(merged, {"prompt": "p", "a": "x", "b": "y", "choice": "a"})
+    assert reward.reward_config()["labels_sha256"] != first, "new labels, new reward model"
+    monkeypatch.setenv(reward.LABELS_VAR, str(tmp_path / "missing.jsonl"))
+    with pytest.raises(env.CourseConfigError, match="path of an existing labels file"):
         reward.labels_source()
 
 
