@@ -71,6 +71,27 @@ def cmd_labels(args) -> int:
     return 0
 
 
+def cmd_pack(args) -> int:
+    from pathlib import Path
+
+    from course.pack import pack
+
+    archive = pack(Path(args.output), profile=args.profile)
+    print(f"Wrote {archive} ({archive.stat().st_size / 1e6:.1f} MB). On each laptop: python -m course unpack {archive.name}")
+    return 0
+
+
+def cmd_unpack(args) -> int:
+    from pathlib import Path
+
+    from course.pack import unpack
+
+    installed = unpack(Path(args.archive), profile=args.profile, force=args.force)
+    print(f"Installed {len(installed)} artifacts" + (": " + ", ".join(installed) if installed else
+                                                    " (every one was already here)") + ".")
+    return 0
+
+
 def cmd_list(args) -> int:
     print(f"{'#':<3} {'lesson':<46} {'CPU min':>7} {'GPU min':>7}  status")
     for l in manifest.LESSONS:
@@ -136,6 +157,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--check", action="store_true", help="write nothing; fail if lessons/ drifted")
     p.add_argument("--no-execute", action="store_true", help="regenerate sources without running them")
     p.set_defaults(func=cmd_build)
+    p = sub.add_parser("pack", help="write every trained stage into one archive, for other machines")
+    p.add_argument("-o", "--output", default=".", help="the archive, or a folder for it (default: here)")
+    p.add_argument("--profile", help="cpu or gpu (default: $RLHF_PROFILE or automatic)")
+    p.set_defaults(func=cmd_pack)
+    p = sub.add_parser("unpack", help="check an archive from `pack` and install its stages")
+    p.add_argument("archive")
+    p.add_argument("--profile", help="cpu or gpu (default: $RLHF_PROFILE or automatic)")
+    p.add_argument("--force", action="store_true", help="accept another profile or other library versions")
+    p.set_defaults(func=cmd_unpack)
     p = sub.add_parser("labels", help="a workshop's labels: export yours, merge the room's, report")
     p.add_argument("action", choices=["export", "merge", "report"])
     p.add_argument("files", nargs="*", help="merge: the exported files; report: the merged file")
