@@ -35,14 +35,29 @@ LESSONS_REVERSED = $(shell ls lessons/*.ipynb | sort -r)
 LATEST_VENV := .venv-latest
 LATEST_TORCH_SPEC ?= torch
 
-.PHONY: setup lab test test-portable test-latest latest-env lock bench doctor build check clean
+WHEELS ?=
+PLATFORMS ?=
+
+.PHONY: setup lab test test-portable test-latest latest-env lock wheelhouse test-wheelhouse bench doctor build check clean
 
 setup: $(STAMP)
 
 # Re-runs only when pyproject.toml or the lock changes (or the environment is missing).
 # The recipe is course/environment.py, shared with `python -m course setup` (no make needed).
 $(STAMP): pyproject.toml $(LOCK)
-	$(PYTHON) -m course setup --force --torch-index "$(TORCH_INDEX)"
+	$(PYTHON) -m course setup --force --torch-index "$(TORCH_INDEX)" $(if $(WHEELS),--wheels "$(WHEELS)")
+
+# Workshops: download every locked wheel once (PLATFORMS="manylinux_2_28_x86_64 win_amd64 ..."
+# for other machines; default: this one), then `make setup WHEELS=wheelhouse` with no network.
+wheelhouse:
+	$(PYTHON) -m course wheelhouse -o wheelhouse $(foreach p,$(PLATFORMS),--platform $(p))
+
+# The offline install, proved: a fresh environment from the wheelhouse alone, in a network
+# namespace with no network at all (needs root for unshare), then the course's doctor.
+test-wheelhouse: wheelhouse
+	rm -rf .venv-wheelhouse
+	unshare --net $(PYTHON) -c 'import course.environment as e, pathlib; e.setup(pathlib.Path(".venv-wheelhouse"), wheels=pathlib.Path("wheelhouse"))'
+	unshare --net .venv-wheelhouse/bin/python -m course doctor
 
 # As root, on a machine with no display, or over SSH: see course/lab.py. LAB_ARGS="--ip 0.0.0.0"
 # listens on every address (the default is this machine only).
@@ -97,4 +112,4 @@ check: setup
 	$(PY) -m course build --check
 
 clean:
-	rm -rf $(VENV) $(LATEST_VENV) $(PORTABLE_ARTIFACTS) *.egg-info .pytest_cache
+	rm -rf $(VENV) $(LATEST_VENV) .venv-wheelhouse $(PORTABLE_ARTIFACTS) *.egg-info .pytest_cache

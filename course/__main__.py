@@ -1,4 +1,4 @@
-"""``python -m course setup | lab | test | list | doctor | build [--check] | bench``
+"""``python -m course setup | lab | test | wheelhouse | list | doctor | build | bench | pack | unpack | labels``
 
 ``setup``, ``lab`` and ``test`` are the Makefile's targets for machines without ``make`` (Windows):
 they need only the Python that runs them, and use the course's environment in ``.venv``.
@@ -23,7 +23,24 @@ def _selected(keys: list[str]) -> list[manifest.Lesson]:
 def cmd_setup(args) -> int:
     from course.environment import setup
 
-    setup(torch_index=args.torch_index, force=args.force)
+    setup(torch_index=args.torch_index, force=args.force, wheels=args.wheels)
+    return 0
+
+
+def cmd_wheelhouse(args) -> int:
+    import subprocess
+    from pathlib import Path
+
+    from course.environment import wheelhouse_commands
+
+    folder = Path(args.output)
+    for command in wheelhouse_commands(folder, args.platform):
+        print("$", " ".join(command[1:7]), "...", flush=True)
+        subprocess.run(command, check=True)
+    wheels = sorted(folder.rglob("*.whl"))
+    print(f"{len(wheels)} wheels, {sum(w.stat().st_size for w in wheels) / 1e9:.2f} GB in {folder}. "
+          f"On each machine, with no network: make setup WHEELS={folder}"
+          + ("/<platform>" if args.platform else "") + " (or python -m course setup --wheels ...)")
     return 0
 
 
@@ -139,7 +156,14 @@ def main(argv: list[str] | None = None) -> int:
                              help='where pip finds torch, e.g. "--index-url https://download.pytorch.org/whl/cpu"')
     p = sub.add_parser("setup", parents=[torch_index], help="create or update the course's environment (.venv)")
     p.add_argument("--force", action="store_true", help="reinstall even if the environment is up to date")
+    p.add_argument("--wheels", help="install from this wheelhouse folder alone, with no network")
     p.set_defaults(func=cmd_setup)
+    p = sub.add_parser("wheelhouse", help="download every locked wheel, for offline installs")
+    p.add_argument("-o", "--output", default="wheelhouse", help="the folder to fill (default: wheelhouse)")
+    p.add_argument("--platform", action="append", default=[],
+                   help="a pip platform tag, e.g. manylinux_2_28_x86_64, macosx_11_0_arm64, win_amd64 "
+                        "(repeatable; default: this machine)")
+    p.set_defaults(func=cmd_wheelhouse)
     p = sub.add_parser("lab", parents=[torch_index], help="set up if needed, then open JupyterLab at lesson 00")
     p.add_argument("--ip", default="127.0.0.1", help="address to listen on (default: this machine only)")
     p.add_argument("--port", type=int, help="port (default: the first free one from 8888)")
@@ -178,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", help="cpu or gpu (default: $RLHF_PROFILE or automatic)")
     p.set_defaults(func=cmd_bench)
     args = parser.parse_args(argv)
-    if args.command in ("setup", "lab", "test"):  # before anything is installed: standard library only
+    if args.command in ("setup", "lab", "test", "wheelhouse"):  # before anything is installed: standard library only
         return args.func(args)
     from rlhf_helpers.env import CourseConfigError
 

@@ -48,12 +48,17 @@ def is_current(venv: Path = VENV) -> bool:
     return stamp.exists() and all(stamp.stat().st_mtime >= f.stat().st_mtime for f in (ROOT / "pyproject.toml", LOCK))
 
 
-def install_commands(venv: Path = VENV, torch_index: str = "") -> list[list[str]]:
-    """The pip and ipykernel commands of steps 2 and 3, in order."""
+def install_commands(venv: Path = VENV, torch_index: str = "", wheels: Path | None = None) -> list[list[str]]:
+    """The pip and ipykernel commands of steps 2 and 3, in order.
+
+    With ``wheels`` (a folder from ``python -m course wheelhouse``) pip reads that folder alone
+    (``--no-index``): a workshop installs thirty laptops with no network at all.
+    """
     py = str(venv_python(venv))
+    source = ["--no-index", "--find-links", str(wheels)] if wheels else shlex.split(torch_index)
     return [
-        [py, "-m", "pip", "install", "--quiet", "-c", str(LOCK), "torch", *shlex.split(torch_index)],
-        [py, "-m", "pip", "install", "--quiet", "-c", str(LOCK), "-e", str(ROOT)],
+        [py, "-m", "pip", "install", "--quiet", "-c", str(LOCK), "torch", *source],
+        [py, "-m", "pip", "install", "--quiet", "-c", str(LOCK), "-e", str(ROOT), *(source if wheels else [])],
         [py, "-m", "ipykernel", "install", "--sys-prefix", "--name", KERNEL_NAME,
          "--display-name", KERNEL_DISPLAY_NAME],
     ]
@@ -74,22 +79,53 @@ def check_python(version: tuple = sys.version_info[:2]) -> None:
                          "python3.11 -m course setup (or make PYTHON=python3.11 setup).")
 
 
-def setup(venv: Path = VENV, torch_index: str = "", force: bool = False) -> Path:
+def _pip_environment(wheels: Path | None) -> dict[str, str]:
+    """From a wheelhouse, pip reads no configuration file: no index or link folder set elsewhere."""
+    return {**os.environ, "PIP_CONFIG_FILE": os.devnull} if wheels else dict(os.environ)
+
+
+def setup(venv: Path = VENV, torch_index: str = "", force: bool = False, wheels: Path | None = None) -> Path:
     """Create or update the environment; return its interpreter. Quick when already current."""
     check_python()
+    if wheels and not Path(wheels).is_dir():
+        raise SystemExit(f"No wheelhouse folder at {wheels}: make one with `python -m course wheelhouse`.")
     if is_current(venv) and not force:
         print(f"Environment up to date in {venv.name}.")
         return venv_python(venv)
     if not venv_python(venv).exists():
         print(f"Creating {venv.name} with Python {sys.version.split()[0]}...", flush=True)
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    for command in install_commands(venv, torch_index):
+    for command in install_commands(venv, torch_index, wheels):
         print("$", " ".join(command[1:]), flush=True)
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL if "ipykernel" in command else None)
+        subprocess.run(command, check=True, env=_pip_environment(wheels),
+                       stdout=subprocess.DEVNULL if "ipykernel" in command else None)
     write_lab_settings(venv)
     _stamp(venv).touch()
     print(f"Environment ready in {venv.name}. Next: python -m course lab (or make lab).")
     return venv_python(venv)
+
+
+def requirements() -> list[str]:
+    """The course's direct dependencies (pyproject.toml), and what building the course itself needs."""
+    import tomllib
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    return pyproject["build-system"]["requires"] + pyproject["project"]["dependencies"]
+
+
+def wheelhouse_commands(folder: Path, platforms: list[str] = ()) -> list[list[str]]:
+    """``pip download`` commands that fill ``folder`` with every wheel an offline install needs.
+
+    Without ``platforms``, for this machine. Otherwise one sub-folder per pip platform tag (for
+    example ``manylinux_2_28_x86_64``, ``macosx_11_0_arm64``, ``win_amd64``), each resolved for
+    that platform at the locked versions (a package only Windows needs is fetched for Windows).
+    """
+    base = [sys.executable, "-m", "pip", "download", "--quiet", "-c", str(LOCK), "--only-binary=:all:"]
+    if not platforms:
+        return [base + ["-d", str(folder), *requirements()]]
+    version = f"{sys.version_info.major}{sys.version_info.minor}"
+    return [base + ["-d", str(folder / tag), "--platform", tag, "--python-version", version,
+                    "--implementation", "cp", *requirements()] for tag in platforms]
 
 
 def test_command(venv: Path = VENV, paths: tuple[str, ...] = ("tests", "lessons", "solutions")) -> list[str]:

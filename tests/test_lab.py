@@ -177,3 +177,22 @@ def test_lab_serves_lesson_00_as_root_and_as_a_normal_user(launcher, user, tmp_p
     output = _serve_and_fetch(prefix + command, tmp_path)
     assert ("--allow-root" in output) == (user == "root"), output
     assert "ssh -N -L" in output, "with no display the tunnel command is printed"
+
+
+def test_a_wheelhouse_install_reads_that_folder_alone(tmp_path):
+    commands = environment.install_commands(tmp_path / "venv", torch_index="--index-url https://x.invalid",
+                                            wheels=tmp_path / "wheels")
+    for pip in [c for c in commands if "pip" in c]:
+        assert pip[-3:] == ["--no-index", "--find-links", str(tmp_path / "wheels")] and "https://x.invalid" not in pip
+    assert environment._pip_environment(tmp_path)["PIP_CONFIG_FILE"] == os.devnull, "no index from pip's config"
+    with pytest.raises(SystemExit, match="No wheelhouse folder"):
+        environment.setup(tmp_path / "venv", wheels=tmp_path / "missing", force=True)
+
+
+def test_the_wheelhouse_holds_what_building_the_course_needs_per_platform(tmp_path):
+    here, = environment.wheelhouse_commands(tmp_path)
+    assert "--platform" not in here and "setuptools>=68" in here and "trl>=1.16" in here
+    linux, windows = environment.wheelhouse_commands(tmp_path, ["manylinux_2_28_x86_64", "win_amd64"])
+    assert linux[linux.index("-d") + 1] == str(tmp_path / "manylinux_2_28_x86_64")
+    assert windows[windows.index("--platform") + 1] == "win_amd64" and "--only-binary=:all:" in windows
+    assert all(c[c.index("-c") + 1] == str(environment.LOCK) for c in (here, linux, windows))
