@@ -38,7 +38,7 @@ LATEST_TORCH_SPEC ?= torch
 WHEELS ?=
 PLATFORMS ?=
 
-.PHONY: setup lab test test-portable test-latest latest-env lock wheelhouse test-wheelhouse bench doctor build check clean
+.PHONY: setup lab test test-portable test-latest latest-env lock wheelhouse test-wheelhouse site test-site bench doctor build check clean
 
 setup: $(STAMP)
 
@@ -98,6 +98,14 @@ lock:
 	mv $(LOCK).tmp $(LOCK)
 	rm -rf .venv-lock
 	@echo "$(LOCK) updated: review the diff, run make test, and commit it."
+
+# The executed notebooks as a website in site/ (open site/index.html; no server needed).
+site: setup
+	$(PY) -m course site -o site
+
+# The site's browser test, with Chromium required (apt-get install chromium).
+test-site: setup
+	RLHF_REQUIRE_BROWSER=1 $(OFFLINE) $(PY) -m pytest -p no:cacheprovider tests/test_site.py
 
 bench: setup
 	$(OFFLINE) $(PY) -m course bench

@@ -109,6 +109,16 @@ def cmd_unpack(args) -> int:
     return 0
 
 
+def cmd_site(args) -> int:
+    from pathlib import Path
+
+    from course.site import build_site
+
+    pages = build_site(Path(args.output))
+    print(f"{len(pages)} pages in {args.output}/; open {Path(args.output) / 'index.html'} in a browser (no server needed).")
+    return 0
+
+
 def cmd_list(args) -> int:
     print(f"{'#':<3} {'lesson':<46} {'CPU min':>7} {'GPU min':>7}  status")
     for l in manifest.LESSONS:
@@ -190,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", help="cpu or gpu (default: $RLHF_PROFILE or automatic)")
     p.add_argument("--force", action="store_true", help="accept another profile or other library versions")
     p.set_defaults(func=cmd_unpack)
+    p = sub.add_parser("site", help="the lessons as a static website, readable offline")
+    p.add_argument("-o", "--output", default="site", help="the folder to write (default: site)")
+    p.set_defaults(func=cmd_site)
     p = sub.add_parser("labels", help="a workshop's labels: export yours, merge the room's, report")
     p.add_argument("action", choices=["export", "merge", "report"])
     p.add_argument("files", nargs="*", help="merge: the exported files; report: the merged file")
