@@ -60,29 +60,42 @@ def cmd_test(args) -> int:
 
 
 def cmd_labels(args) -> int:
-    """A workshop's labels: export yours, merge the room's, report on them (rlhf_helpers.room)."""
+    """A workshop's lesson-05 labels or lesson-07 arena votes: export yours, merge the room's, report."""
     from pathlib import Path
 
     from rlhf_helpers import preferences, room
 
+    votes = args.command == "votes"
+    check = room.vote_problem if votes else preferences.row_problem
     if args.action == "export":
         annotator = args.id or room.anonymous_id()
-        destination = Path(args.output or f"labels-{annotator}.jsonl")
-        written, problems = room.export_labels(preferences.labels_path(), destination, annotator)
-        print(f"{written} labels written to {destination} as annotator {annotator!r}.")
+        destination = Path(args.output or f"{args.command}-{annotator}.jsonl")
+        source = room.votes_path() if votes else preferences.labels_path()
+        written, problems = room.export_labels(source, destination, annotator, check)
+        print(f"{written} {args.command} written to {destination} as annotator {annotator!r}.")
         for problem in problems:
             print(f"  skipped {problem}")
         return 0
     if not args.files or (args.action == "merge" and not args.output):
-        raise SystemExit("usage: python -m course labels merge FILE... -o MERGED  |  labels report MERGED")
+        raise SystemExit(f"usage: python -m course {args.command} merge FILE... -o MERGED  |  "
+                         f"{args.command} report MERGED")
     if args.action == "merge":
-        report = room.merge([Path(f) for f in args.files], Path(args.output))
-        print(f"{args.output}: {report.summary()}.")
+        report = room.merge([Path(f) for f in args.files], Path(args.output), check)
+        print(f"{args.output}: {report.summary()}.".replace(" labels from", f" {args.command} from"))
         for problem in report.problems:
             print(f"  bad row: {problem}")
         if report.problems:
             print(f"  (kept verbatim in {args.output}.rejected)")
-        print(f"Train on them: RLHF_LABELS={args.output}")
+        if not votes:
+            print(f"Train on them: RLHF_LABELS={args.output}")
+        return 0
+    if votes:
+        from rlhf_helpers import arena
+
+        rows = room.human_and_simulated_elo(Path(args.files[0]), arena.load_arena()["battles"])
+        print(f"{'model':>12} {'human Elo':>10} {'simulated Elo':>14} {'votes':>6}")
+        for name, human, simulated, count in rows:
+            print(f"{name:>12} {'-' if human is None else f'{human:.0f}':>10} {simulated:>14.0f} {count:>6}")
         return 0
     print(room.room_report(Path(args.files[0]), tau=args.tau).text())
     return 0
@@ -203,13 +216,15 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("site", help="the lessons as a static website, readable offline")
     p.add_argument("-o", "--output", default="site", help="the folder to write (default: site)")
     p.set_defaults(func=cmd_site)
-    p = sub.add_parser("labels", help="a workshop's labels: export yours, merge the room's, report")
-    p.add_argument("action", choices=["export", "merge", "report"])
-    p.add_argument("files", nargs="*", help="merge: the exported files; report: the merged file")
-    p.add_argument("-o", "--output", help="export: the file to write; merge: the merged file (required)")
-    p.add_argument("--id", help="export: your annotator id (default: a random anonymous one)")
-    p.add_argument("--tau", type=float, default=0.5, help="report: the simulated labeler's noise scale")
-    p.set_defaults(func=cmd_labels)
+    for kind, what in (("labels", "lesson 05's labels"), ("votes", "lesson 07's arena votes")):
+        p = sub.add_parser(kind, help=f"a workshop's {what}: export yours, merge the room's, report")
+        p.add_argument("action", choices=["export", "merge", "report"])
+        p.add_argument("files", nargs="*", help="merge: the exported files; report: the merged file")
+        p.add_argument("-o", "--output", help="export: the file to write; merge: the merged file (required)")
+        p.add_argument("--id", help="export: your annotator id (default: a random anonymous one)")
+        if kind == "labels":
+            p.add_argument("--tau", type=float, default=0.5, help="report: the simulated labeler's noise scale")
+        p.set_defaults(func=cmd_labels)
     p = sub.add_parser("bench", help="time each lesson and record its key figures")
     p.add_argument("lessons", nargs="*", help="lesson numbers or slugs (default: all)")
     p.add_argument("--profile", help="cpu or gpu (default: $RLHF_PROFILE or automatic)")

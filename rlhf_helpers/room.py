@@ -5,8 +5,8 @@ the room train one reward model on *its* taste, and show what real preference da
 people disagree with each other, and with any "gold" ordering.
 
 - ``export_labels`` copies an attendee's labels file with an anonymous annotator id on each row;
-- ``merge`` pools the exported files into one: every good row is kept, a row seen twice (same
-  annotator, same pair, same answer) is counted once, and every bad row is reported by file and
+- ``merge`` pools the exported files into one: every good row is kept, a row seen twice (the same
+  file sent twice, say: same annotator, answer and time) is counted once, and every bad row is reported by file and
   line and kept, verbatim, in a ``.rejected`` file beside the result: nothing is lost;
 - ``room_report`` measures the pool: how often annotators agree with each other on the pairs they
   share (Cohen's kappa for two, Fleiss' kappa for all), and how often each agrees with the hidden
@@ -26,6 +26,7 @@ import itertools
 import json
 import os
 import secrets
+import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +41,7 @@ def anonymous_id() -> str:
     return "anon-" + secrets.token_hex(3)
 
 
-def _rows(path: Path) -> list[tuple[int, str, dict | None, str | None]]:
+def _rows(path: Path, row_problem=preferences.row_problem) -> list[tuple[int, str, dict | None, str | None]]:
     """``(line number, raw line, row or None, problem or None)`` for each non-empty line."""
     out = []
     for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").split("\n"), start=1):
@@ -51,7 +52,7 @@ def _rows(path: Path) -> list[tuple[int, str, dict | None, str | None]]:
         except json.JSONDecodeError as err:
             out.append((number, line, None, f"not valid JSON ({err.msg})"))
             continue
-        problem = preferences.row_problem(row)
+        problem = row_problem(row)
         out.append((number, line, None if problem else row, problem))
     return out
 
@@ -62,13 +63,15 @@ def _write_atomically(path: Path, lines: list[str]) -> None:
     os.replace(tmp, path)
 
 
-def export_labels(source: Path, destination: Path, annotator: str | None = None) -> tuple[int, list[str]]:
+def export_labels(source: Path, destination: Path, annotator: str | None = None,
+                  row_problem=preferences.row_problem) -> tuple[int, list[str]]:
     """Write ``source``'s good rows to ``destination`` with ``"annotator"`` set on each.
 
-    Returns ``(rows written, problems)``; ``source`` is never changed.
+    Returns ``(rows written, problems)``; ``source`` is never changed. ``row_problem`` checks one
+    row: labels by default, ``vote_problem`` for arena votes.
     """
     annotator = annotator or anonymous_id()
-    rows = _rows(Path(source))
+    rows = _rows(Path(source), row_problem)
     good = [json.dumps({**row, "annotator": annotator}, ensure_ascii=False) for _, _, row, _ in rows if row]
     _write_atomically(Path(destination), good)
     return len(good), [f"line {n}: {problem}" for n, _, _, problem in rows if problem]
@@ -88,7 +91,7 @@ class MergeReport:
                 f"counted once; {len(self.problems)} bad rows")
 
 
-def merge(files: list[Path], destination: Path) -> MergeReport:
+def merge(files: list[Path], destination: Path, row_problem=preferences.row_problem) -> MergeReport:
     """Pool exported label files into ``destination`` (see the module docstring).
 
     A row with no ``annotator`` takes its file's name (``alice.jsonl`` -> ``alice``). The inputs
@@ -96,13 +99,13 @@ def merge(files: list[Path], destination: Path) -> MergeReport:
     """
     report, seen, merged, rejected = MergeReport(), set(), [], []
     for path in map(Path, files):
-        for number, line, row, problem in _rows(path):
+        for number, line, row, problem in _rows(path, row_problem):
             if problem:
                 report.problems.append(f"{path.name}, line {number}: {problem}")
                 rejected.append(json.dumps({"file": str(path), "line": number, "problem": problem, "text": line}))
                 continue
             row = {**row, "annotator": str(row.get("annotator") or path.stem)}
-            key = (row["annotator"], row["prompt"], row["a"], row["b"], row["choice"])
+            key = json.dumps(row, sort_keys=True)  # the same row delivered twice (say, one file merged twice)
             if key in seen:
                 report.duplicates += 1
                 continue
@@ -236,3 +239,68 @@ def room_report(path: Path, tau: float = labeler.DEFAULT_TAU) -> RoomReport:
             cohen[a, b] = (cohen_kappa([x[a] for x in both], [x[b] for x in both]), len(both))
     fleiss = fleiss_kappa([list(answers.values()) for answers in shared]) if shared else None
     return RoomReport(len(by_pair), len(rows), annotators, len(shared), fleiss, cohen)
+
+
+# --------------------------------------------------------------------------------------------
+# Arena votes (lesson 07): the room's blind votes, as a human Elo beside the simulated one.
+# --------------------------------------------------------------------------------------------
+
+VOTE_FIELDS = ("model_a", "model_b", "winner", "prompt")
+
+
+def votes_path() -> Path:
+    """Where lesson 07's voting widget appends your votes: ``arena_votes.jsonl`` in the artifacts folder."""
+    from rlhf_helpers.artifacts import artifacts_dir
+
+    return artifacts_dir() / "arena_votes.jsonl"
+
+
+def vote_problem(row) -> str | None:
+    """What is wrong with one parsed vote, or None."""
+    if not isinstance(row, dict):
+        return f"expected a JSON object, got {type(row).__name__}"
+    missing = [name for name in VOTE_FIELDS if not isinstance(row.get(name), str)]
+    if missing:
+        return "missing or non-text field(s) " + ", ".join(repr(name) for name in missing)
+    if row["winner"] not in ("a", "b", "tie"):
+        return f"winner {row['winner']!r} is not one of 'a', 'b', 'tie'"
+    if row["model_a"] == row["model_b"]:
+        return "a model cannot battle itself"
+    return None
+
+
+def append_vote(path: Path, battle, annotator: str | None = None) -> None:
+    """Append one ``arena.Battle`` as a line of ``path`` (append-only, like the labels file)."""
+    record = {"model_a": battle.model_a, "model_b": battle.model_b, "winner": battle.winner,
+              "prompt": battle.prompt, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if annotator:
+        record["annotator"] = annotator
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def load_votes(path: Path) -> list:
+    """The good votes of a (merged) votes file as ``arena.Battle`` rows; bad rows are skipped."""
+    from rlhf_helpers import arena
+
+    return [arena.Battle(r["model_a"], r["model_b"], r["winner"], r["prompt"])
+            for _, _, r, _ in _rows(Path(path), vote_problem) if r]
+
+
+def human_and_simulated_elo(votes_file: Path, simulated_battles: list) -> list[tuple[str, float | None, float, int]]:
+    """``(model, human Elo or None, simulated Elo, votes)`` per model, best simulated first.
+
+    Both ratings come from ``arena.elo_ratings`` (online Elo averaged over orderings), so they
+    are on one scale; a model nobody voted on has no human rating.
+    """
+    from rlhf_helpers import arena
+
+    votes = load_votes(votes_file)
+    models = sorted({m for b in simulated_battles for m in (b.model_a, b.model_b)})
+    simulated = arena.elo_ratings(list(simulated_battles), models)
+    counts = Counter(m for b in votes for m in (b.model_a, b.model_b))
+    voted = [m for m in models if counts[m]]
+    human = arena.elo_ratings([b for b in votes if b.model_a in voted and b.model_b in voted], voted) if votes else {}
+    return [(m, human.get(m), simulated[m], counts[m]) for m in sorted(models, key=lambda m: -simulated[m])]

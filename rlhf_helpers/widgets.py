@@ -261,18 +261,23 @@ def chat_widget(models: Mapping[str, tuple], temperature: float = 0.7):
     return widgets.VBox([widgets.HBox([choose, heat]), view, widgets.HBox([box, send, clear])])
 
 
-def arena_vote_widget(prompts: list[str], answers: Mapping[str, list[str]], battles: list, seed: int = 0):
+def arena_vote_widget(prompts: list[str], answers: Mapping[str, list[str]], battles: list, seed: int = 0,
+                      votes_file=None):
     """Vote blind between two models' answers to a held-out prompt; the Elo ratings update as you go.
 
     ``answers[name][i]`` answers ``prompts[i]``; ``battles`` (``arena.Battle``) are the judged ones
-    the ratings start from. Which models you see is hidden until you vote. Your votes live in
-    memory only (the returned widget's ``votes`` attribute) and never change the ``arena`` artifact.
+    the ratings start from. Which models you see is hidden until you vote. Your votes are the
+    returned widget's ``votes`` attribute, and each is also appended to ``votes_file`` (default:
+    ``arena_votes.jsonl`` in the artifacts folder), so that a workshop can pool the room's votes
+    (``python -m course votes merge``). The ``arena`` artifact never changes.
     """
     import random
 
     import ipywidgets as widgets
 
-    from rlhf_helpers import arena
+    from rlhf_helpers import arena, room
+
+    votes_file = room.votes_path() if votes_file is None else votes_file
 
     names = list(answers)
     rng = random.Random(seed)
@@ -299,6 +304,7 @@ def arena_vote_widget(prompts: list[str], answers: Mapping[str, list[str]], batt
     def vote(choice: str) -> None:
         a, b, i = current["a"], current["b"], current["index"]
         votes.append(arena.Battle(a, b, choice, prompts[i]))
+        room.append_vote(votes_file, votes[-1])
         result.value = f"A was <b>{html.escape(a)}</b>, B was <b>{html.escape(b)}</b>."
         table.value = ratings_html()
         next_pair()

@@ -106,3 +106,37 @@ def test_the_course_command_merges_and_reports(three_attendees, tmp_path):
     assert run.returncode == 0 and "Cohen's kappa alice / bob: 1.00 on 2 shared pairs" in run.stdout, run.stdout
     run = subprocess.run([sys.executable, "-m", "course", "labels", "merge"], cwd=ROOT, capture_output=True, text=True)
     assert run.returncode != 0 and "usage: python -m course labels merge" in run.stderr
+
+
+# ---- arena votes (lesson 07) ------------------------------------------------------------------
+
+def test_votes_merge_like_labels_and_give_a_human_elo_beside_the_simulated_one(tmp_path):
+    from rlhf_helpers import arena
+
+    files = []
+    for name in ("dana", "eli"):
+        own = tmp_path / f"{name}-votes.jsonl"
+        room.append_vote(own, arena.Battle("ppo", "sft", "a", "Write a line about love."))  # PPO over SFT
+        room.append_vote(own, arena.Battle("base", "sft", "b", "Continue this line: O Romeo"))  # SFT over base
+        exported = tmp_path / f"{name}.jsonl"
+        room.export_labels(own, exported, name, room.vote_problem)
+        files.append(exported)
+    files.append(files[0])  # one attendee's file handed in twice
+    with files[0].open("a") as f:
+        f.write('{"model_a": "ppo", "model_b": "ppo", "winner": "a", "prompt": "p"}\n')
+    merged = tmp_path / "votes.jsonl"
+    report = room.merge(files, merged, room.vote_problem)
+    assert report.kept == 4 and report.duplicates == 2, "a file handed in twice counts once"
+    assert report.problems == ["dana.jsonl, line 3: a model cannot battle itself"] * 2
+    simulated = [arena.Battle("sft", "ppo", "a", "p"), arena.Battle("sft", "base", "a", "p"),
+                 arena.Battle("ppo", "base", "a", "p")] * 5  # the simulated judge likes SFT best
+    rows = room.human_and_simulated_elo(merged, simulated)
+    assert [r[0] for r in rows] == ["sft", "ppo", "base"], "ordered by the simulated rating"
+    human = {name: h for name, h, _, _ in rows}
+    assert human["ppo"] > human["sft"] > human["base"] and rows[0][3] == 4
+
+
+def test_a_vote_with_a_bad_winner_is_named():
+    assert "winner 'A'" in room.vote_problem({"model_a": "x", "model_b": "y", "winner": "A", "prompt": "p"})
+    assert "'prompt'" in room.vote_problem({"model_a": "x", "model_b": "y", "winner": "a"})
+    assert room.vote_problem({"model_a": "x", "model_b": "y", "winner": "tie", "prompt": "p"}) is None
