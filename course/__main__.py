@@ -87,7 +87,7 @@ def cmd_labels(args) -> int:
         if report.problems:
             print(f"  (kept verbatim in {args.output}.rejected)")
         if not votes:
-            print(f"Train on them: RLHF_LABELS={args.output}")
+            print(f"Train on them: RLHF_LABELS={Path(args.output).resolve()}")
         return 0
     if votes:
         from rlhf_helpers import arena

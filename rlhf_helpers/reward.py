@@ -74,7 +74,7 @@ def labels_source() -> str:
     value = raw.lower() or "simulated"
     if value in LABEL_SOURCES:
         return value
-    if Path(raw).expanduser().is_file():
+    if _named_file(raw).is_file():
         return "file"
     from rlhf_helpers.env import CourseConfigError
 
@@ -89,7 +89,19 @@ def labels_file() -> Path:
     source = labels_source()
     if source == "simulated":
         raise ValueError("RLHF_LABELS is 'simulated': there is no labels file to train on.")
-    return preferences.labels_path() if source == "mine" else Path(os.environ[LABELS_VAR].strip()).expanduser()
+    return preferences.labels_path() if source == "mine" else _named_file(os.environ[LABELS_VAR].strip())
+
+
+def _named_file(raw: str) -> Path:
+    """A path as given, or else relative to the course folder: a notebook's kernel runs in
+    ``lessons/``, while the learner named the file from the course folder."""
+    from rlhf_helpers.artifacts import course_root
+
+    path = Path(raw).expanduser()
+    root = course_root()
+    if not path.is_absolute() and not path.exists() and root is not None and (root / path).exists():
+        return root / path
+    return path
 
 
 # --------------------------------------------------------------------------------------------

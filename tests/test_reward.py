@@ -340,3 +340,14 @@ def test_the_labelling_widget_appends_each_answer_and_resumes(tmp_path):
     {b.description: b for b in again.children[1].children}["skip"].click()
     assert again.children[2].value == "2 labelled, 1 ties, 1 skipped; 0 pairs left"
     assert all(b.disabled for b in again.children[1].children)
+
+
+def test_a_labels_file_named_from_the_course_folder_is_found_from_lessons(monkeypatch, tmp_path):
+    """A notebook's kernel runs in lessons/; `RLHF_LABELS=room.jsonl make lab` names it from the course folder."""
+    from rlhf_helpers import artifacts
+
+    (tmp_path / "room.jsonl").write_text("")
+    monkeypatch.setattr(artifacts, "course_root", lambda: tmp_path)
+    monkeypatch.chdir(tmp_path.parent)
+    monkeypatch.setenv(reward.LABELS_VAR, "room.jsonl")
+    assert reward.labels_source() == "file" and reward.labels_file() == tmp_path / "room.jsonl"
