@@ -53,6 +53,7 @@ from rlhf_helpers.preferences import Comparison
 REWARD_VERSION = 1  # bump when the recipe changes, so cached reward models are rebuilt
 COMPARISONS_VERSION = 1
 REWARD_SEED = 0
+CONTROL_SEED = 0  # the untrained-head control of lesson 05's checks
 LABELS_VAR = "RLHF_LABELS"
 LABEL_SOURCES = ("simulated", "mine")
 MIN_OWN_COMPARISONS = 40  # fewer of your own labels cannot train a reward model worth testing
@@ -554,6 +555,51 @@ def accuracy_against_gold(comparisons: list[Comparison], chosen_rewards: torch.T
         raise ValueError("No comparison has a gold ordering (all tie, or there are none).")
     agree = (chosen_rewards - rejected_rewards > 0) == (gold > 0)
     return agree[decided].float().mean().item()
+
+
+# --------------------------------------------------------------------------------------------
+# The control: what a reward model scores without learning anything.
+# --------------------------------------------------------------------------------------------
+
+def untrained_head_control(tokenizer, seed: int = CONTROL_SEED):
+    """The SFT network with a fresh scalar head and no training: lesson 05's control.
+
+    Its accuracy is not 50 %: features of the answers (length, whether they end) can line up
+    with the labels by accident. A trained reward model has to beat *this*, not chance.
+    """
+    torch.manual_seed(seed)
+    return reward_model_from_sft(sft.sft_model_path() / "model", tokenizer).eval()
+
+
+def pair_correct(comparisons: list[Comparison], chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor,
+                 against: str = "labels") -> tuple[list[float], list[str]]:
+    """1.0 for each pair the model ranks as the labels (or the gold utility) do, else 0.0, with its
+    prompt. Against gold, pairs whose gold utilities tie are left out: they have no right answer."""
+    margins = (chosen_rewards - rejected_rewards).tolist()
+    if against == "labels":
+        return [float(m > 0) for m in margins], [c.prompt for c in comparisons]
+    if against != "gold":
+        raise ValueError(f"against must be 'labels' or 'gold', got {against!r}")
+    kept = [(m, g, c.prompt) for m, g, c in zip(margins, gold_differences(comparisons), comparisons) if g != 0]
+    return [float((m > 0) == (g > 0)) for m, g, _ in kept], [p for _, _, p in kept]
+
+
+def versus_control(comparisons: list[Comparison], trained: tuple, control: tuple, against: str = "labels"):
+    """Trained minus control accuracy on the same pairs: a ``stats.Interval`` from a paired
+    bootstrap over prompts. ``trained`` and ``control`` are ``(chosen_rewards, rejected_rewards)``."""
+    from rlhf_helpers import stats
+
+    mine, prompts = pair_correct(comparisons, *trained, against=against)
+    theirs, _ = pair_correct(comparisons, *control, against=against)
+    return stats.paired_difference(mine, theirs, prompts)
+
+
+def check_beats_control(difference, against: str) -> None:
+    """Lesson 05's check: the 95 % interval of (trained - control) accuracy lies above zero."""
+    if not difference.low > 0:
+        raise AssertionError(
+            f"The reward model does not beat the untrained-head control against the {against}: "
+            f"accuracy difference {difference} (95 % interval). Did training run?")
 
 
 def labeler_ceiling(comparisons: list[Comparison], tau: float) -> float:

@@ -351,3 +351,44 @@ def test_a_labels_file_named_from_the_course_folder_is_found_from_lessons(monkey
     monkeypatch.chdir(tmp_path.parent)
     monkeypatch.setenv(reward.LABELS_VAR, "room.jsonl")
     assert reward.labels_source() == "file" and reward.labels_file() == tmp_path / "room.jsonl"
+
+
+# --------------------------------------------------------------------------------------------
+# Lesson 05's check: beat the untrained-head control.
+# --------------------------------------------------------------------------------------------
+
+def _pairs(n_prompts=30, per_prompt=8):
+    from rlhf_helpers.preferences import Comparison
+
+    topics = ["sea", "love", "king", "night", "heart", "crown", "sword", "moon", "rose", "queen", "father",
+              "mother", "son", "daughter", "friend", "soldier", "battle", "peace", "honour", "life", "eyes",
+              "lips", "hand", "sun", "star", "horse", "garden", "music", "winter", "summer"][:n_prompts]
+    return [Comparison(f"Write a line about the {t}.", f"The {t} is gentle and fair tonight.",
+                       f"Fear and grief upon the {t}.", "simulated") for t in topics for _ in range(per_prompt)]
+
+
+def test_the_control_fails_the_check_and_a_trained_model_passes_it():
+    pairs = _pairs()
+    generator = torch.Generator().manual_seed(0)
+    control = (torch.randn(len(pairs), generator=generator), torch.randn(len(pairs), generator=generator))
+    same = reward.versus_control(pairs, control, control)
+    with pytest.raises(AssertionError, match="does not beat the untrained-head control"):
+        reward.check_beats_control(same, "labels")
+    another_seed = (torch.randn(len(pairs), generator=generator), torch.randn(len(pairs), generator=generator))
+    with pytest.raises(AssertionError):  # an untrained head of another seed is no better
+        reward.check_beats_control(reward.versus_control(pairs, another_seed, control), "labels")
+    trained = (control[0] + 1.5, control[1])  # prefers the chosen answer by a wide margin
+    for against in ("labels", "gold"):
+        difference = reward.versus_control(pairs, trained, control, against)
+        reward.check_beats_control(difference, against)
+        assert difference.estimate > 0.2
+
+
+def test_gold_ties_have_no_right_answer():
+    from rlhf_helpers.preferences import Comparison
+
+    pairs = [Comparison("Write a line about the sea.", "The sea.", "The sea!", "simulated")]
+    correct, prompts = reward.pair_correct(pairs, torch.tensor([1.0]), torch.tensor([0.0]), against="gold")
+    assert correct == [] == prompts
+    with pytest.raises(ValueError, match="'labels' or 'gold'"):
+        reward.pair_correct(pairs, torch.tensor([1.0]), torch.tensor([0.0]), against="human")
