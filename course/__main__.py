@@ -132,6 +132,13 @@ def cmd_site(args) -> int:
     return 0
 
 
+def cmd_run(args) -> int:
+    from course.run import run
+
+    run(args.stage, profile=args.profile, sizes=args.set)
+    return 0
+
+
 def cmd_list(args) -> int:
     print(f"{'#':<3} {'lesson':<46} {'CPU min':>7} {'GPU min':>7}  status")
     for l in manifest.LESSONS:
@@ -204,6 +211,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--check", action="store_true", help="write nothing; fail if lessons/ drifted")
     p.add_argument("--no-execute", action="store_true", help="regenerate sources without running them")
     p.set_defaults(func=cmd_build)
+    p = sub.add_parser("run", help="run one stage of the pipeline headless (builds missing earlier stages)")
+    p.add_argument("stage", help="tokenizer, base, sft, sft_lora, reward, ppo, dpo, grpo or arena")
+    p.add_argument("--profile", help="cpu or gpu (default: $RLHF_PROFILE or automatic)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override a size, e.g. --set ppo.steps=40 (repeatable)")
+    p.set_defaults(func=cmd_run)
     p = sub.add_parser("pack", help="write every trained stage into one archive, for other machines")
     p.add_argument("-o", "--output", default=".", help="the archive, or a folder for it (default: here)")
     p.add_argument("--profile", help="cpu or gpu (default: $RLHF_PROFILE or automatic)")

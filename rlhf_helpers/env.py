@@ -17,13 +17,15 @@ import contextlib
 import os
 import socket
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 import torch
 
 PROFILE_VAR = "RLHF_PROFILE"
 DEVICE_VAR = "RLHF_DEVICE"
+SIZES_VAR = "RLHF_SIZES"  # size overrides, e.g. "ppo.steps=40,sft.max_steps=600" (see with_sizes)
+_SIZE_SECTIONS = ("gpt", "sft", "peft", "reward", "ppo", "beyond")
 ALLOW_HUB_VAR = "RLHF_ALLOW_HUB"
 OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
 
@@ -176,7 +178,8 @@ PROFILES: dict[str, Profile] = {
 
 
 def get_profile(name: str | None = None) -> Profile:
-    """The profile named, else ``$RLHF_PROFILE``, else ``gpu`` with CUDA and ``cpu`` without."""
+    """The profile named, else ``$RLHF_PROFILE``, else ``gpu`` with CUDA and ``cpu`` without;
+    with the size overrides of ``$RLHF_SIZES`` applied (see ``with_sizes``)."""
     name = name or os.environ.get(PROFILE_VAR) or ("gpu" if torch.cuda.is_available() else "cpu")
     key = name.strip().lower()
     if key not in PROFILES:
@@ -184,7 +187,32 @@ def get_profile(name: str | None = None) -> Profile:
             f"Unknown profile {name!r}. Valid profiles: {', '.join(PROFILES)}. "
             f"Set {PROFILE_VAR} to one of them, or unset it to choose automatically."
         )
-    return PROFILES[key]
+    return with_sizes(PROFILES[key], os.environ.get(SIZES_VAR, ""))
+
+
+def with_sizes(profile: Profile, overrides: str) -> Profile:
+    """``profile`` with sizes replaced: ``"ppo.steps=40, sft.max_steps=600"``.
+
+    Each override names a section of the profile (``gpt``, ``sft``, ``peft``, ``reward``, ``ppo``,
+    ``beyond``) and one of its fields; the value takes that field's type. Artifacts are keyed by
+    their sizes, so changed sizes build new artifacts and never overwrite the default ones.
+    """
+    for item in filter(None, (part.strip() for part in overrides.split(","))):
+        target, _, raw = item.partition("=")
+        section, _, field = target.strip().partition(".")
+        sizes = getattr(profile, section, None) if section in _SIZE_SECTIONS else None
+        if sizes is None or field not in {f.name for f in fields(sizes)} or not raw.strip():
+            valid = ", ".join(f"{s}.<field>" for s in _SIZE_SECTIONS)
+            raise CourseConfigError(f"Cannot apply the size override {item!r} ({SIZES_VAR}): write "
+                                    f"section.field=value with section one of {valid}, e.g. ppo.steps=40.")
+        current = getattr(sizes, field)
+        try:
+            value = tuple(type(current[0])(v) for v in raw.split()) if isinstance(current, tuple) else type(current)(raw.strip())
+        except ValueError:
+            raise CourseConfigError(f"{item!r}: {section}.{field} takes a {type(current).__name__}, "
+                                    f"like its default {current!r}.") from None
+        profile = replace(profile, **{section: replace(sizes, **{field: value})})
+    return profile
 
 
 def _mps_is_reliable() -> bool:

@@ -98,3 +98,20 @@ def test_library_progress_bars_are_off_unless_the_learner_set_them(monkeypatch):
     env.quiet_library_progress_bars()
     assert __import__("os").environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"
     assert __import__("os").environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] == "0"
+
+
+def test_sizes_can_be_overridden_by_name_and_keep_their_types(monkeypatch):
+    monkeypatch.setenv(env.PROFILE_VAR, "cpu")
+    monkeypatch.setenv(env.SIZES_VAR, "ppo.steps=40, sft.lr=0.0005, ppo.overopt_betas=0 0.01")
+    profile = env.get_profile()
+    assert profile.ppo.steps == 40 and profile.sft.lr == 0.0005 and profile.ppo.overopt_betas == (0.0, 0.01)
+    assert profile.gpt == env.PROFILES["cpu"].gpt, "only what was named changes"
+    assert env.PROFILES["cpu"].ppo.steps == 20, "the built-in profile is left alone"
+
+
+@pytest.mark.parametrize("spec, message", [("ppo.stepz=40", "section.field=value"), ("lr=1", "section.field"),
+                                           ("ppo.steps=forty", "takes a int")])
+def test_a_bad_size_override_is_one_clear_error(monkeypatch, spec, message):
+    monkeypatch.setenv(env.SIZES_VAR, spec)
+    with pytest.raises(env.CourseConfigError, match=message):
+        env.get_profile("cpu")

@@ -1,0 +1,60 @@
+"""``python -m course run <stage>``: every stage of the course as a headless recipe.
+
+The notebooks teach; these recipes only run. Each stage is the reference code of the lesson that
+teaches it, reached through the artifact cache, so a recipe writes exactly the artifact the
+notebooks load, and builds whatever earlier stage is missing first (``run ppo`` on an empty
+machine builds the tokenizer, the base model, SFT, the comparisons and the reward model, then PPO).
+Interrupted? Run the same command again: every finished stage is kept, and the run resumes at the
+first stage that is missing.
+
+Sizes come from the profile (``--profile``) with overrides (``--set ppo.steps=40``), which travel
+in ``$RLHF_PROFILE`` and ``$RLHF_SIZES`` so that every stage sees them; changed sizes build new
+artifacts beside the default ones.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+
+def _stages() -> dict[str, tuple[str, Callable[[], Path]]]:
+    """Stage name -> (what it is, the function that returns its artifact folder, building it if missing)."""
+    from rlhf_helpers import arena, beyond_ppo, gpt, peft_sft, reward, rlhf, sft, tokenizers
+
+    return {
+        "tokenizer": ("the course's byte-level BPE (lesson 01)", tokenizers.course_tokenizer_path),
+        "base": ("the GPT pretrained on Shakespeare (lesson 02)", gpt.base_model_path),
+        "sft": ("supervised fine-tuning on demonstrations (lesson 03)", sft.sft_model_path),
+        "sft_lora": ("the same with a LoRA adapter (lesson 04)", peft_sft.sft_lora_path),
+        "reward": ("the reward model from comparisons (lesson 05)", reward.reward_model_path),
+        "ppo": ("RLHF with PPO against the reward model (lesson 06)", rlhf.ppo_path),
+        "dpo": ("DPO on the same comparisons (lesson 07)", beyond_ppo.dpo_path),
+        "grpo": ("GRPO with the reward model (lesson 07)", beyond_ppo.grpo_path),
+        "arena": ("every model judged side by side (lesson 07)", arena.arena_path),
+    }
+
+
+STAGES = ("tokenizer", "base", "sft", "sft_lora", "reward", "ppo", "dpo", "grpo", "arena")
+
+
+def run(stage: str, *, profile: str | None = None, sizes: list[str] = ()) -> Path:
+    """Build (or find) ``stage``'s artifact with these sizes; return its folder."""
+    if stage not in STAGES:
+        raise SystemExit(f"Unknown stage {stage!r}. Stages, in pipeline order: {', '.join(STAGES)}.")
+    if profile:
+        os.environ["RLHF_PROFILE"] = profile
+    if sizes:
+        os.environ["RLHF_SIZES"] = ",".join(sizes)
+    from rlhf_helpers.env import get_profile
+
+    chosen = get_profile()  # fails here, before any work, on a bad profile or override
+    description, build = _stages()[stage]
+    print(f"{stage}: {description}; profile {chosen.name}" + (f" with {', '.join(sizes)}" if sizes else ""),
+          flush=True)
+    start = time.perf_counter()
+    folder = build()
+    print(f"{stage} ready in {folder} ({time.perf_counter() - start:.0f} s; stages built earlier are reused).")
+    return folder
