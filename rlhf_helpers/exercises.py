@@ -7,7 +7,13 @@ each answer with a reference implementation (or a library). There are three outc
 - **not attempted** (the stub still raises ``NotImplementedError``): a short note, and the
   reference implementation is returned, so a learner who is stuck, or a test run, can go on;
 - **wrong**: an ``ExerciseError`` that names the exercise, the input tried, what was expected,
-  what came back, and a hint, instead of a traceback from deep inside a helper.
+  what came back (the first place where it differs), and a first hint, instead of a traceback
+  from deep inside a helper. More help comes only on request: ``hint()`` gives the next tier
+  (the formula, say), and ``show_answer()`` the last one (the code).
+
+Each case also runs under a time limit (an endless loop says so instead of freezing the cell),
+and the inputs are checked *after* the call: a function must leave them as the reference does
+(unchanged, unless the exercise is to update one in place).
 
 Typical use in a notebook::
 
@@ -16,8 +22,11 @@ Typical use in a notebook::
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+import signal
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -43,54 +52,164 @@ class Case:
         return f"{call}  [{self.about}]" if self.about else call
 
 
-def _short(value: Any, limit: int = 300) -> str:
-    """A readable, bounded representation of an input or an answer."""
-    if isinstance(value, torch.Tensor):
-        values = value.detach().cpu()
-        values = values.double().numpy().round(4) if values.is_floating_point() else values.numpy()
-        text = f"tensor{tuple(value.shape)} {value.dtype}: {values.tolist()}"
-    elif isinstance(value, np.ndarray):
-        values = value.astype(float).round(4) if value.dtype.kind == "f" else value
-        text = f"array{value.shape} {value.dtype}: {values.tolist()}"
+def _short(value: Any, limit: int = 160) -> str:
+    """A readable, bounded representation of an input or an answer: never a whole object's repr."""
+    if isinstance(value, torch.nn.Module):
+        n = sum(p.numel() for p in value.parameters())
+        return f"{type(value).__name__} ({n:,} parameters)"
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        tensor = torch.as_tensor(value).detach().cpu()
+        flat = tensor.flatten()[:6]
+        shown = flat.double().numpy().round(4).tolist() if flat.is_floating_point() else flat.tolist()
+        more = ", ..." if tensor.numel() > 6 else ""
+        text = f"tensor{tuple(tensor.shape)} {tensor.dtype}: {str(shown)[:-1]}{more}]"
     else:
         text = repr(value)
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def compare(got: Any, expected: Any, *, rtol: float = 1e-5, atol: float = 1e-6) -> str | None:
-    """``None`` when ``got`` matches ``expected``, else a sentence saying how it differs.
+def _first_difference(got: torch.Tensor, expected: torch.Tensor, rtol: float, atol: float) -> str:
+    """Where two same-shape tensors first differ, with both values, and the largest difference."""
+    g, e = got.double(), expected.double()
+    close = torch.isclose(g, e, rtol=rtol, atol=atol, equal_nan=True)
+    index = tuple((~close).nonzero()[0].tolist())
+    worst = (g - e).abs().nan_to_num(float("inf")).max().item()
+    where = f"index {index}" if index else "the value"
+    return (f"values differ, first at {where}: expected {e[index].item():.6g}, got {g[index].item():.6g} "
+            f"(largest absolute difference {worst:.3g})")
+
+
+def compare(got: Any, expected: Any, *, rtol: float = 1e-5, atol: float = 1e-6, name: str = "output") -> str | None:
+    """``None`` when ``got`` matches ``expected``, else a sentence saying where and how it differs.
 
     Tensors and arrays must match in type, shape and values (to a tolerance, NaN never
-    matches); floats to a tolerance; everything else exactly. Lists and tuples compare element
-    by element.
+    matches); floats to a tolerance; modules in their weights; everything else exactly. Lists,
+    tuples and dicts compare item by item, and the message names the item: ``output[1][3]``.
     """
     if isinstance(expected, torch.Tensor):
         if not isinstance(got, torch.Tensor):
-            return f"expected a torch.Tensor, got {type(got).__name__}"
+            return f"{name}: expected a torch.Tensor, got {type(got).__name__}"
         if tuple(got.shape) != tuple(expected.shape):
-            return f"expected shape {tuple(expected.shape)}, got shape {tuple(got.shape)}"
+            return f"{name}: expected shape {tuple(expected.shape)}, got shape {tuple(got.shape)}"
         if got.dtype != expected.dtype:
-            return f"expected dtype {expected.dtype}, got dtype {got.dtype}"
+            return f"{name}: expected dtype {expected.dtype}, got dtype {got.dtype}"
         if torch.isnan(got).any() and not torch.isnan(expected).any():
-            return "your answer contains NaN (an overflow or a division of zero by zero?)"
-        if not torch.allclose(got.float(), expected.float(), rtol=rtol, atol=atol, equal_nan=True):
-            worst = (got.float() - expected.float()).abs().nan_to_num(float("inf")).max().item()
-            return f"values differ (largest absolute difference {worst:.3g})"
+            return f"{name}: your answer contains NaN (an overflow or a division of zero by zero?)"
+        if not torch.allclose(got.double(), expected.double(), rtol=rtol, atol=atol, equal_nan=True):
+            return f"{name}: " + _first_difference(got, expected, rtol, atol)
         return None
     if isinstance(expected, np.ndarray):
-        return compare(torch.as_tensor(np.asarray(got)), torch.as_tensor(expected), rtol=rtol, atol=atol)
+        return compare(torch.as_tensor(np.asarray(got)), torch.as_tensor(expected), rtol=rtol, atol=atol, name=name)
+    if isinstance(expected, torch.nn.Module):
+        if type(got) is not type(expected):
+            return f"{name}: expected a {type(expected).__name__}, got {type(got).__name__}"
+        want, have = expected.state_dict(), got.state_dict()
+        return compare([have[k] for k in want], list(want.values()), rtol=rtol, atol=atol, name=f"{name}'s weights")
     if isinstance(expected, float):
         if not isinstance(got, (int, float)) or not math.isclose(got, expected, rel_tol=rtol, abs_tol=atol):
-            return "the numbers differ"
+            return f"{name}: the numbers differ"
         return None
-    if isinstance(expected, (list, tuple)) and isinstance(got, (list, tuple)) and len(got) == len(expected):
+    if isinstance(expected, (list, tuple)) and isinstance(got, (list, tuple)):
+        if len(got) != len(expected):
+            return f"{name}: expected {len(expected)} items, got {len(got)}"
         for i, (g, e) in enumerate(zip(got, expected)):
-            why = compare(g, e, rtol=rtol, atol=atol)
+            why = compare(g, e, rtol=rtol, atol=atol, name=f"{name}[{i}]")
             if why:
-                return f"item {i}: {why}"
+                return why
         return None
-    return None if got == expected else "the answers differ"
+    if isinstance(expected, dict) and isinstance(got, dict):
+        missing = [k for k in expected if k not in got]
+        if missing or len(got) != len(expected):
+            extra = [k for k in got if k not in expected]
+            return f"{name}: " + (f"the key {missing[0]!r} is missing" if missing else f"unexpected key {extra[0]!r}")
+        for key, e in expected.items():
+            why = compare(got[key], e, rtol=rtol, atol=atol, name=f"{name}[{key!r}]")
+            if why:
+                return why
+        return None
+    return None if got == expected else f"{name}: the answers differ"
+
+
+# --------------------------------------------------------------------------------------------
+# Time limits, inputs after the call, and tiered hints.
+# --------------------------------------------------------------------------------------------
+
+TIME_LIMIT = 10.0  # seconds per case: every reference finishes in well under one
+
+
+class _TimedOut(BaseException):
+    """Raised inside a learner's function that ran past the time limit (BaseException, so that a
+    bare ``except Exception`` in the learner's code cannot swallow it)."""
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float | None):
+    """Interrupt the block after ``seconds``, where the operating system allows it (the main thread
+    of a Unix process: every notebook cell). Elsewhere the block runs without a limit."""
+    if not seconds or not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise _TimedOut()
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _comparable(value: Any) -> bool:
+    """Inputs whose state after the call can be compared (others, such as tokenizers, are skipped)."""
+    return isinstance(value, (torch.Tensor, np.ndarray, torch.nn.Module, list, tuple, dict, int, float, str, bytes))
+
+
+def _inputs_after_call(case: Case, mine: tuple, theirs: tuple) -> str | None:
+    """How the learner's function left its inputs, if not as the reference left them."""
+    (my_args, my_kwargs), (ref_args, ref_kwargs) = mine, theirs
+    pairs = [(f"argument {i + 1}", a, r, o) for i, (a, r, o) in enumerate(zip(my_args, ref_args, case.args))]
+    pairs += [(f"argument {k!r}", my_kwargs[k], ref_kwargs[k], case.kwargs[k]) for k in case.kwargs]
+    for label, after, expected, before in pairs:
+        if not _comparable(expected) or compare(after, expected, name=label) is None:
+            continue
+        if compare(expected, before, name=label) is None:
+            return f"your function changed its {label} in place; leave its inputs as they were and return a new value"
+        return f"your function should update its {label} in place (the exercise asks for it), but left it different"
+    return None
+
+
+@dataclass
+class _HelpState:
+    exercise: str = ""
+    tiers: tuple[str, ...] = ()
+    shown: int = 0
+
+
+_HELP = _HelpState()
+
+
+def hint(level: int | None = None) -> None:
+    """More help with the exercise that failed last: the next tier, or tier ``level`` (1 = first)."""
+    if not _HELP.tiers:
+        print("No exercise has failed yet: hints appear when a check finds a mistake.")
+        return
+    level = min(len(_HELP.tiers), level or _HELP.shown + 1)
+    _HELP.shown = max(_HELP.shown, level)
+    more = " (the last tier)" if level == len(_HELP.tiers) else "; hint() again for more"
+    print(f"{_HELP.exercise}, hint {level} of {len(_HELP.tiers)}{more}:\n  {_HELP.tiers[level - 1]}")
+
+
+def show_answer() -> None:
+    """The last tier of help for the exercise that failed last: usually the code itself."""
+    hint(len(_HELP.tiers) or None)
+
+
+def _tiers(hint_text: str | Sequence[str]) -> tuple[str, ...]:
+    return (hint_text,) if isinstance(hint_text, str) else tuple(hint_text)
 
 
 def check(
@@ -99,35 +218,56 @@ def check(
     reference: Callable,
     cases: Sequence[Case],
     *,
-    hint: str,
+    hint: str | Sequence[str],
     comparer: Callable[[Any, Any], str | None] = compare,
+    time_limit: float | None = None,
 ) -> Callable:
-    """Run ``attempt`` on every case against ``reference``; return the function to use next."""
+    """Run ``attempt`` on every case against ``reference``; return the function to use next.
+
+    ``hint`` is one text, or tiers from gentle to complete: the first is shown with a wrong
+    answer, the others by ``hint()`` and ``show_answer()``. ``time_limit`` is in seconds per case
+    (default ``TIME_LIMIT``).
+    """
     __tracebackhide__ = True  # pytest and IPython hide this frame from tracebacks
+    tiers = _tiers(hint)
+    time_limit = TIME_LIMIT if time_limit is None else time_limit
     for case in cases:
+        mine = copy.deepcopy(case.args), copy.deepcopy(case.kwargs)
         try:
-            got = attempt(*copy.deepcopy(case.args), **copy.deepcopy(case.kwargs))
+            with _time_limit(time_limit):
+                got = attempt(*mine[0], **mine[1])
         except NotImplementedError:
             print(f"… {exercise}: not attempted yet. The lesson goes on with the reference "
                   "implementation; come back to it whenever you like.")
             return reference
+        except _TimedOut:
+            _fail(exercise, tiers, f"your function did not finish within {time_limit:g} s (an endless loop? a "
+                                   "`continue` where a `break` belongs, or an index that never moves?)", case)
         except Exception as err:  # the learner's code crashed: say where, not how deep
-            raise ExerciseError(
-                f"✗ {exercise}: your function raised {type(err).__name__}: {err}\n"
-                f"  input tried: {case.describe()}\n  hint: {hint}"
-            ) from None
-        expected = reference(*copy.deepcopy(case.args), **copy.deepcopy(case.kwargs))
-        why = comparer(got, expected)
+            _fail(exercise, tiers, f"your function raised {type(err).__name__}: {err}", case)
+        theirs = copy.deepcopy(case.args), copy.deepcopy(case.kwargs)
+        expected = reference(*theirs[0], **theirs[1])
+        why = comparer(got, expected) or _inputs_after_call(case, mine, theirs)
         if why:
-            raise ExerciseError(
-                f"✗ {exercise}: wrong answer, {why}.\n"
-                f"  input tried: {case.describe()}\n"
-                f"  expected:    {_short(expected)}\n"
-                f"  got:         {_short(got)}\n"
-                f"  hint: {hint}"
-            )
+            _fail(exercise, tiers, f"wrong answer, {why}", case, expected=expected, got=got)
     print(f"✓ {exercise}: correct on all {len(cases)} inputs. Your function is used from here on.")
     return attempt
+
+
+_NOTHING = object()
+
+
+def _fail(exercise: str, tiers: tuple[str, ...], what: str, case: Case, *, expected=_NOTHING, got=_NOTHING):
+    """Raise the learner's error message, and keep the exercise's hints for ``hint()``."""
+    __tracebackhide__ = True
+    _HELP.exercise, _HELP.tiers, _HELP.shown = exercise, tiers, 1
+    lines = [f"✗ {exercise}: {what}.", f"  input tried: {case.describe()}"]
+    if expected is not _NOTHING:
+        lines += [f"  expected:    {_short(expected)}", f"  got:         {_short(got)}"]
+    lines.append(f"  hint: {tiers[0]}")
+    if len(tiers) > 1:
+        lines.append(f"  more help: hint() (tier 2 of {len(tiers)}), or show_answer()")
+    raise ExerciseError("\n".join(lines)) from None
 
 
 def _show_exercise_error(shell, etype, value, tb, tb_offset=None) -> list[str]:
@@ -150,6 +290,8 @@ def _install_notebook_display() -> None:
     shell = get_ipython()
     if shell is not None:
         shell.set_custom_exc((ExerciseError,), _show_exercise_error)
+        for name, function in (("hint", hint), ("show_answer", show_answer)):
+            shell.user_ns.setdefault(name, function)  # so that a failed check's advice works as written
 
 
 _install_notebook_display()

@@ -77,7 +77,9 @@ def test_reference_agrees_with_torch_on_every_case():
         (torch.tensor([0.0, 1.0]), torch.tensor([0.0, 1.1]), "differ"),
         (1.0, 2.0, "differ"),
         ("a", "b", "differ"),
-        ([1, 2], [1, 3], "item 1"),
+        ([1, 2], [1, 3], "output[1]"),
+        ([[0, 1], [2, torch.zeros(3)]], [[0, 1], [2, torch.tensor([0.0, 5.0, 0.0])]], "output[1][1]: values differ, first at index (1,): expected 5, got 0"),
+        ({"a": 1}, {"a": 1, "b": 2}, "key 'b' is missing"),
     ],
 )
 def test_compare_explains_differences(got, expected, fragment):

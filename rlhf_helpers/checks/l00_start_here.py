@@ -31,6 +31,8 @@ def softmax_cases() -> list[Case]:
         Case((torch.tensor([-1000.0, -1000.0]),), about="very negative logits: exp underflows"),
         Case((torch.tensor([0.0, float("-inf"), 1.0]),), about="a masked (-inf) entry"),
         Case((torch.tensor([[5.0]]),), about="a single element"),
+        Case((torch.tensor([[1000.0, 1001.0], [-5.0, -6.0]]),),
+             about="rows on very different scales: each row needs its own maximum"),
     ]
 
 
@@ -42,6 +44,10 @@ def check_softmax(attempt: Callable) -> Callable:
         attempt,
         reference_softmax,
         softmax_cases(),
-        hint="exp() overflows past about 88 in float32. Subtract the largest logit along `dim` "
-        "(keepdim=True) before exponentiating: softmax(x) equals softmax(x - c) for any c.",
+        hint=("exp() overflows past about 88 in float32, and underflows to 0 below about -100. But "
+              "softmax(x) equals softmax(x - c) for any constant c: choose c to keep exp() in range.",
+              "Subtract each row's own largest logit along `dim` (not one maximum of the whole "
+              "tensor), keeping the dimension so that it broadcasts: logits.amax(dim=dim, keepdim=True).",
+              "shifted = logits - logits.amax(dim=dim, keepdim=True); exps = shifted.exp(); "
+              "return exps / exps.sum(dim=dim, keepdim=True)"),
     )

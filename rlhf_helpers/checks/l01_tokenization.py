@@ -67,8 +67,10 @@ def check_get_stats(attempt: Callable) -> Callable:
     __tracebackhide__ = True
     return check(
         "Exercise 01.1 (count adjacent pairs)", attempt, bpe.get_stats, get_stats_cases(),
-        hint="zip(ids, ids[1:]) yields each adjacent pair once. Start from `counts` when it is "
-        "given (else an empty dict), add 1 per pair with counts.get(pair, 0) + 1, and return it.",
+        hint=("Every adjacent pair counts, overlapping ones too, and when `counts` is given the "
+              "new pairs are ADDED to that dict (training counts over many chunks into one dict).",
+              "zip(ids, ids[1:]) yields each adjacent pair once. Start from `counts` when it is "
+              "given (else an empty dict), add 1 per pair with counts.get(pair, 0) + 1, and return it."),
         comparer=_compare_counts,
     )
 
@@ -136,6 +138,7 @@ def encode_cases() -> list[Case]:
         Case(("zzz qqq", merges), about="no learned merge applies"),
         Case(("café 你好 🙂", mixed), about="multi-byte characters"),
         Case(("Speak, speak.", {}), about="no merges: just the bytes"),
+        Case(("the the", merges), about="a frequent pair learned late: merge in learned order, not by count"),
     ]
 
 
@@ -144,9 +147,12 @@ def check_encode(attempt: Callable) -> Callable:
     __tracebackhide__ = True
     return check(
         "Exercise 01.4 (encode with learned merges)", attempt, bpe.encode, encode_cases(),
-        hint="Start from list(text.encode('utf-8')). While there are at least two ids: find the "
-        "pair in get_stats(ids) with the smallest merge id (merges.get(p, inf)); if it is not in "
-        "merges, stop; else merge it. (Applying every merge in order also works.)",
+        hint=("Encoding replays training: merges are applied in the order they were LEARNED (the "
+              "smallest new id first), whatever the pair counts in this text, and the loop must end "
+              "when no learned merge applies.",
+              "Start from list(text.encode('utf-8')). While there are at least two ids: find the "
+              "pair in get_stats(ids) with the smallest merge id (merges.get(p, inf)); if it is not in "
+              "merges, stop (break); else merge it. (Applying every merge in order also works.)"),
     )
 
 

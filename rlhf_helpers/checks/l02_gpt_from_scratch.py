@@ -109,5 +109,10 @@ def check_top_k_filter(attempt: Callable) -> Callable:
              Case((torch.tensor([[0.5, 0.1, 0.9]]), 1), about="k = 1 is greedy"),
              Case((torch.tensor([2.0, 1.0]), 5), about="k larger than the vocabulary keeps everything")]
     return check("Exercise 02.5 (top-k filtering)", attempt, reference_top_k_filter, cases,
-                 hint="kth = torch.topk(logits, min(k, V), dim=-1).values[..., -1:] is each row's k-th "
-                 "largest; logits.masked_fill(logits < kth, float('-inf')).")
+                 hint=("Keep, in each row, the k largest logits and every logit tied with the k-th; "
+                       "set the rest to -inf, so softmax gives them probability 0. k may exceed the "
+                       "vocabulary.",
+                       "torch.topk(...).values gives each row's k largest values, sorted; the last of "
+                       "them (kept as a column, [..., -1:]) is the threshold to compare against.",
+                       "kth = torch.topk(logits, min(k, V), dim=-1).values[..., -1:] is each row's k-th "
+                       "largest; logits.masked_fill(logits < kth, float('-inf'))."))

@@ -104,9 +104,11 @@ def check_merged_weight(attempt: Callable) -> Callable:
     __tracebackhide__ = True
     return check("Exercise 04.3 (merging the update into W)", attempt, reference_merged_weight,
                  merged_weight_cases(),
-                 hint="W is (out, in); B @ A is (out, r) @ (r, in) = (out, in), the same shape (A @ B is "
-                 "not). Add it scaled by alpha / r, with r = A.shape[0]: x @ merged.T then equals "
-                 "x @ W.T + (alpha / r) * (x @ A.T) @ B.T.")
+                 hint=("The merged weight computes both paths at once, and must be a NEW tensor: "
+                       "the base weight W stays as it was (`W += ...` would change the model).",
+                       "W is (out, in); B @ A is (out, r) @ (r, in) = (out, in), the same shape (A @ B "
+                       "is not). Scale it by alpha / r, with r = A.shape[0].",
+                       "return W + (alpha / A.shape[0]) * (B @ A)"))
 
 
 def count_cases() -> list[Case]:

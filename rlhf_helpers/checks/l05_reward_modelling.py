@@ -41,9 +41,11 @@ def check_preference_probability(preference_probability):
     ]
     return check("Exercise 05.1 (preference_probability)", preference_probability,
                  reference_preference_probability, cases,
-                 hint="exp(r_a) / (exp(r_a) + exp(r_b)) is right on paper but overflows for large rewards; "
-                      "divide top and bottom by exp(r_a): only the difference r_a - r_b matters, so "
-                      "return torch.sigmoid(reward_a - reward_b).")
+                 hint=("Bradley-Terry: P(a beats b) = exp(r_a) / (exp(r_a) + exp(r_b)). Right on paper, "
+                       "but exp() overflows for large rewards: rewrite it so that only r_a - r_b appears.",
+                       "Divide top and bottom by exp(r_a): 1 / (1 + exp(-(r_a - r_b))), the logistic "
+                       "sigmoid of the difference.",
+                       "return torch.sigmoid(reward_a - reward_b)"))
 
 
 def check_pairwise_loss(pairwise_loss):
@@ -76,6 +78,8 @@ def check_last_token_index(last_token_index):
         Case((_right_padded([1]),), about="one token"),
     ]
     return check("Exercise 05.3 (last_token_index)", last_token_index, reference_last_token_index, cases,
-                 hint="in a right-padded row the real tokens come first, so the last one is at "
-                      "(number of ones) - 1: attention_mask.sum(dim=1) - 1, one index per row. "
-                      "Searching for the first 0 fails on a row without padding.")
+                 hint=("In a right-padded row the real tokens come first and the padding after them; "
+                       "the mask has a 1 for each real token. Searching for the first 0 fails on a "
+                       "row without padding.",
+                       "The last real token's position is (number of real tokens) - 1, one index per row.",
+                       "return attention_mask.sum(dim=1) - 1"))

@@ -166,7 +166,11 @@ def check_clipped_policy_loss(clipped_policy_loss):
         policy_case(3, [3, 1], 5, 0.4, 0.3, about="clip_eps=0.3, mostly padding"),
     ]
     return check("Exercise 06.4 (clipped_policy_loss)", clipped_policy_loss, reference_clipped_policy_loss, cases,
-                 hint="ratio = exp(new_logprobs - old_logprobs) (a ratio of probabilities, not of log-probabilities); "
-                      "per token take the pessimistic loss, torch.max(-A * ratio, -A * ratio.clamp(1 - eps, 1 + eps)) "
-                      "(max of the losses = min of the objectives); then the mean over the real tokens only, "
-                      "sum(loss * mask) / sum(mask).")
+                 hint=("PPO's ratio compares probabilities, new over old; the clipped objective takes, "
+                       "per token, the more pessimistic of the plain and the clipped term; padding "
+                       "tokens must not count in the mean. The check tries ratios far from 1.",
+                       "ratio = exp(new_logprobs - old_logprobs); as a loss (to minimise): "
+                       "max(-A * ratio, -A * clamp(ratio, 1 - eps, 1 + eps)), then the mean over the "
+                       "real tokens: sum(loss * mask) / sum(mask).",
+                       "ratio = (new_logprobs - old_logprobs).exp(); loss = torch.max(-advantages * ratio, "
+                       "-advantages * ratio.clamp(1 - eps, 1 + eps)); return (loss * mask).sum() / mask.sum()"))
