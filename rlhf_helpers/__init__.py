@@ -16,6 +16,9 @@ Each module holds one concept, and a lesson imports only what earlier lessons ta
 - ``reward``     the reward model trained with trl and the ``reward_model`` artifact (lesson 05)
 - ``ppo``        PPO for language models, written out (lesson 06)
 - ``rlhf``       lesson 06's pipeline: the ``ppo`` artifact and the over-optimisation runs
+- ``beyond_ppo`` DPO and GRPO with trl (lesson 07); ``arena`` judges every model side by side
+- ``room``       a workshop's pooled labels and arena votes: merge, agreement, human Elo
+- ``stats``      intervals for every measurement: the prompt-level (paired) bootstrap
 - ``artifacts``  the cache of trained stages (get it, or build it with the reference code)
 - ``exercises``  the check behind every exercise; ``checks`` holds each lesson's checks
 - ``figures``    the key figures a lesson reports to ``python -m course bench``

@@ -125,9 +125,12 @@ def test_pack_into_a_folder_names_the_archive_after_the_profile(archive, tmp_pat
 
 def test_pack_then_unpack_into_an_empty_cache_gives_identical_files(archive, isolated_artifacts, tmp_path,
                                                                      monkeypatch):
+    from rlhf_helpers.env import network_blocked
+
     fresh = tmp_path / "fresh"
     monkeypatch.setenv(artifacts.ARTIFACTS_VAR, str(fresh))
-    installed = P.unpack(archive, profile="cpu")
+    with network_blocked():  # a workshop laptop needs no network to install the shared stages
+        installed = P.unpack(archive, profile="cpu")
     monkeypatch.setenv(artifacts.ARTIFACTS_VAR, str(isolated_artifacts))
     originals = {f"{row.stage}/{row.key}": row.path for row in artifacts.list_artifacts()}
     assert sorted(installed) == sorted(originals)

@@ -46,8 +46,11 @@ def test_export_adds_an_anonymous_annotator_and_leaves_the_source_alone(tmp_path
 
 def test_merge_reports_bad_rows_by_file_and_line_and_loses_nothing(three_attendees, tmp_path):
     before = [f.read_bytes() for f in three_attendees]
+    from rlhf_helpers.env import network_blocked
+
     merged = tmp_path / "room.jsonl"
-    report = room.merge(three_attendees, merged)
+    with network_blocked():  # the room's Wi-Fi may be down
+        report = room.merge(three_attendees, merged)
     assert report.kept == 9 and report.duplicates == 1 and report.annotators == {"alice", "bob", "carol"}
     assert [p.split(":")[0] for p in report.problems] == ["bob.jsonl, line 4", "bob.jsonl, line 5"]
     assert "choice 'A'" in report.problems[0]
