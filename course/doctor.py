@@ -44,22 +44,12 @@ def _offline_status() -> tuple[bool, str]:
     return True, f"OK with the network blocked (corpus: {summary.speeches:,} speeches; cl100k/o200k 'hello world' -> {ids[0]}, {ids[1]})"
 
 
-def _shown(path) -> str:
-    """A path inside the course folder as ``.venv/bin/python``; others (a custom folder) as they are."""
-    from pathlib import Path
-
-    from course.manifest import ROOT
-
-    path = Path(path)
-    return path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else str(path)
-
-
 def report() -> tuple[bool, list[tuple[str, str]]]:
     """(everything fine?, rows of the report)."""
     from rlhf_helpers import env
-    from rlhf_helpers.artifacts import artifacts_dir, list_artifacts
+    from rlhf_helpers.artifacts import artifacts_dir, display_path, list_artifacts
 
-    rows = [("python", f"{platform.python_version()} ({_shown(sys.executable)})")]
+    rows = [("python", f"{platform.python_version()} ({display_path(sys.executable)})")]
     rows += [(name, _version(name)) for name in LIBRARIES]
     ok = all(value != "MISSING" for _, value in rows)
     try:
@@ -74,7 +64,7 @@ def report() -> tuple[bool, list[tuple[str, str]]]:
     rows.append(("torch threads", str(torch.get_num_threads())))
     rows.append(("hub access", "allowed (RLHF_ALLOW_HUB=1)" if env.hub_allowed() else "off (offline by default)"))
     offline_ok, offline = _offline_status()  # first: it may build the corpus artifact
-    rows.append(("artifacts", f"{_shown(artifacts_dir())} ({len(list_artifacts())} built)"))
+    rows.append(("artifacts", f"{display_path(artifacts_dir())} ({len(list_artifacts())} built)"))
     kernel = _kernel_status()
     rows.append(("kernel", kernel))
     rows.append(("network", offline))

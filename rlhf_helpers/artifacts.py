@@ -73,6 +73,13 @@ def course_root() -> Path | None:
     return root if (root / "pyproject.toml").exists() and (root / "lessons").is_dir() else None
 
 
+def display_path(path: Path | str) -> str:
+    """``path`` as a learner reads it: relative to the course folder when inside it
+    (``artifacts/tokenizer/4b6b...``), else as it is (a folder set with ``$RLHF_ARTIFACTS``)."""
+    path, root = Path(path), course_root()
+    return path.relative_to(root).as_posix() if root is not None and path.is_relative_to(root) else str(path)
+
+
 def artifacts_dir() -> Path:
     """``$RLHF_ARTIFACTS``, else ``artifacts/`` in the course folder, else a per-user cache."""
     if os.environ.get(ARTIFACTS_VAR):
