@@ -82,9 +82,8 @@ test-portable: setup
 # A fresh environment of the newest releases, ignoring the lock, and its own artifacts folder.
 latest-env:
 	rm -rf $(LATEST_VENV)
-	$(PYTHON) -m venv $(LATEST_VENV)
-	$(LATEST_VENV)/bin/python -m pip install --quiet --upgrade "$(LATEST_TORCH_SPEC)" $(TORCH_INDEX)
-	$(LATEST_VENV)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -e .
+	$(PYTHON) -m course setup --force --venv $(LATEST_VENV) --latest --torch-spec "$(LATEST_TORCH_SPEC)" \
+		--torch-index "$(TORCH_INDEX)"
 	@$(LATEST_VENV)/bin/python -m pip freeze --exclude-editable > $(LATEST_VENV)/versions.txt
 	@echo "Newest releases (differences from $(LOCK)):"
 	@$(LATEST_VENV)/bin/python -m course.lock --compare $(LATEST_VENV)/versions.txt

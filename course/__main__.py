@@ -21,9 +21,12 @@ def _selected(keys: list[str]) -> list[manifest.Lesson]:
 
 
 def cmd_setup(args) -> int:
-    from course.environment import setup
+    from pathlib import Path
 
-    setup(torch_index=args.torch_index, force=args.force, wheels=args.wheels)
+    from course.environment import VENV, setup
+
+    setup(Path(args.venv) if args.venv else VENV, torch_index=args.torch_index, force=args.force, wheels=args.wheels,
+          latest=args.latest, torch_spec=args.torch_spec)
     return 0
 
 
@@ -187,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("setup", parents=[torch_index], help="create or update the course's environment (.venv)")
     p.add_argument("--force", action="store_true", help="reinstall even if the environment is up to date")
     p.add_argument("--wheels", help="install from this wheelhouse folder alone, with no network")
+    p.add_argument("--venv", help="the environment's folder (default: .venv in the course folder)")
+    p.add_argument("--latest", action="store_true", help="ignore the lock: the newest release of everything")
+    p.add_argument("--torch-spec", default="torch", help="with --latest: which torch (default: the newest)")
     p.set_defaults(func=cmd_setup)
     p = sub.add_parser("wheelhouse", help="download every locked wheel, for offline installs")
     p.add_argument("-o", "--output", default="wheelhouse", help="the folder to fill (default: wheelhouse)")

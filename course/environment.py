@@ -48,17 +48,20 @@ def is_current(venv: Path = VENV) -> bool:
     return stamp.exists() and all(stamp.stat().st_mtime >= f.stat().st_mtime for f in (ROOT / "pyproject.toml", LOCK))
 
 
-def install_commands(venv: Path = VENV, torch_index: str = "", wheels: Path | None = None) -> list[list[str]]:
+def install_commands(venv: Path = VENV, torch_index: str = "", wheels: Path | None = None, *,
+                     latest: bool = False, torch_spec: str = "torch") -> list[list[str]]:
     """The pip and ipykernel commands of steps 2 and 3, in order.
 
     With ``wheels`` (a folder from ``python -m course wheelhouse``) pip reads that folder alone
-    (``--no-index``): a workshop installs thirty laptops with no network at all.
+    (``--no-index``): a workshop installs thirty laptops with no network at all. With ``latest``
+    the lock is ignored and every package upgraded to its newest release (``make test-latest``).
     """
     py = str(venv_python(venv))
     source = ["--no-index", "--find-links", str(wheels)] if wheels else shlex.split(torch_index)
+    versions = ["--upgrade", "--upgrade-strategy", "eager"] if latest else ["-c", str(LOCK)]
     return [
-        [py, "-m", "pip", "install", "--quiet", "-c", str(LOCK), "torch", *source],
-        [py, "-m", "pip", "install", "--quiet", "-c", str(LOCK), "-e", str(ROOT), *(source if wheels else [])],
+        [py, "-m", "pip", "install", "--quiet", *versions, torch_spec, *source],
+        [py, "-m", "pip", "install", "--quiet", *versions, "-e", str(ROOT), *(source if wheels else [])],
         [py, "-m", "ipykernel", "install", "--sys-prefix", "--name", KERNEL_NAME,
          "--display-name", KERNEL_DISPLAY_NAME],
     ]
@@ -84,8 +87,11 @@ def _pip_environment(wheels: Path | None) -> dict[str, str]:
     return {**os.environ, "PIP_CONFIG_FILE": os.devnull} if wheels else dict(os.environ)
 
 
-def setup(venv: Path = VENV, torch_index: str = "", force: bool = False, wheels: Path | None = None) -> Path:
-    """Create or update the environment; return its interpreter. Quick when already current."""
+def setup(venv: Path = VENV, torch_index: str = "", force: bool = False, wheels: Path | None = None, *,
+          latest: bool = False, torch_spec: str = "torch") -> Path:
+    """Create or update the environment; return its interpreter. Quick when already current.
+
+    ``latest`` and ``torch_spec`` are for ``make test-latest``: the newest releases, not the lock."""
     check_python()
     if wheels and not Path(wheels).is_dir():
         raise SystemExit(f"No wheelhouse folder at {wheels}: make one with `python -m course wheelhouse`.")
@@ -95,7 +101,7 @@ def setup(venv: Path = VENV, torch_index: str = "", force: bool = False, wheels:
     if not venv_python(venv).exists():
         print(f"Creating {venv.name} with Python {sys.version.split()[0]}...", flush=True)
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    for command in install_commands(venv, torch_index, wheels):
+    for command in install_commands(venv, torch_index, wheels, latest=latest, torch_spec=torch_spec):
         print("$", " ".join(command[1:]), flush=True)
         subprocess.run(command, check=True, env=_pip_environment(wheels),
                        stdout=subprocess.DEVNULL if "ipykernel" in command else None)

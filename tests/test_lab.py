@@ -196,3 +196,10 @@ def test_the_wheelhouse_holds_what_building_the_course_needs_per_platform(tmp_pa
     assert linux[linux.index("-d") + 1] == str(tmp_path / "manylinux_2_28_x86_64")
     assert windows[windows.index("--platform") + 1] == "win_amd64" and "--only-binary=:all:" in windows
     assert all(c[c.index("-c") + 1] == str(environment.LOCK) for c in (here, linux, windows))
+
+
+def test_the_latest_environment_ignores_the_lock_but_registers_the_kernel_too(tmp_path):
+    commands = environment.install_commands(tmp_path / "venv", latest=True, torch_spec="torch>=2.4")
+    pips = [c for c in commands if "pip" in c]
+    assert all("-c" not in c and c[5:8] == ["--upgrade", "--upgrade-strategy", "eager"] for c in pips)
+    assert pips[0][8] == "torch>=2.4" and commands[-1][1:4] == ["-m", "ipykernel", "install"]
