@@ -67,7 +67,7 @@ lab: setup
 test: setup
 	$(OFFLINE) $(PY) -m pytest --nbval tests lessons solutions
 
-# Not in CI (about 25 minutes on 2 cores): run it before changing what a notebook prints. Both
+# Not in CI (about 17 minutes on 2 cores): run it before changing what a notebook prints. Both
 # runs always run; the target fails if either did.
 PORTABLE_PYTEST = $(OFFLINE) $(PORTABLE_ENV) RLHF_ARTIFACTS=$(CURDIR)/$(PORTABLE_ARTIFACTS) \
 	$(PY) -m pytest --nbval --nbval-cell-timeout=3600 -p no:cacheprovider $(LESSONS_REVERSED)
