@@ -596,10 +596,10 @@ def versus_control(comparisons: list[Comparison], trained: tuple, control: tuple
 
 def check_beats_control(difference, against: str) -> None:
     """Lesson 05's check: the 95 % interval of (trained - control) accuracy lies above zero."""
-    if not difference.low > 0:
-        raise AssertionError(
-            f"The reward model does not beat the untrained-head control against the {against}: "
-            f"accuracy difference {difference} (95 % interval). Did training run?")
+    from rlhf_helpers import stats
+
+    stats.check_above_zero(difference, f"The reward model beats the untrained-head control against the {against}"
+                                       " (did training run?)")
 
 
 def labeler_ceiling(comparisons: list[Comparison], tau: float) -> float:

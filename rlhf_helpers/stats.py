@@ -46,6 +46,23 @@ class Interval:
         return f"{100 * self.estimate:.1f} % [{100 * self.low:.1f}, {100 * self.high:.1f}]"
 
 
+def group_draws(groups: Sequence[Hashable], *, resamples: int = RESAMPLES, seed: int = SEED) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids, draws)``: each row's group number, and ``resamples`` draws of group numbers with
+    replacement, one row per resample. A statistic recomputed on each drawn set of groups gives the
+    bootstrap distribution. The same groups and seed give the same draws."""
+    index = {g: i for i, g in enumerate(dict.fromkeys(groups))}
+    ids = np.fromiter((index[g] for g in groups), dtype=int, count=len(groups))
+    draws = np.random.default_rng(seed).integers(0, len(index), size=(resamples, len(index)))
+    return ids, draws
+
+
+def interval(estimate: float, resampled: Sequence[float], level: float = LEVEL) -> Interval:
+    """``estimate`` with the middle ``level`` of its ``resampled`` values (a percentile interval)."""
+    tail = (1 - level) / 2
+    low, high = np.quantile(np.asarray(resampled, dtype=float), [tail, 1 - tail])
+    return Interval(float(estimate), float(low), float(high))
+
+
 def bootstrap_mean(values: Sequence[float], groups: Sequence[Hashable] | None = None, *,
                    resamples: int = RESAMPLES, level: float = LEVEL, seed: int = SEED) -> Interval:
     """The mean of ``values`` with a bootstrap interval, resampling whole ``groups`` (e.g. prompts).
@@ -59,16 +76,12 @@ def bootstrap_mean(values: Sequence[float], groups: Sequence[Hashable] | None = 
     if len(groups) != values.size:
         raise ValueError(f"{values.size} values but {len(groups)} group labels.")
     # 1. Sum and count per group: a resample of groups is then two lookups.
-    index = {g: i for i, g in enumerate(dict.fromkeys(groups))}
-    ids = np.fromiter((index[g] for g in groups), dtype=int, count=values.size)
+    ids, draws = group_draws(groups, resamples=resamples, seed=seed)
     sums, counts = np.bincount(ids, weights=values), np.bincount(ids).astype(float)
-    # 2. Draw groups with replacement, ``resamples`` times; each draw's mean is sum / count.
-    draws = np.random.default_rng(seed).integers(0, len(index), size=(resamples, len(index)))
+    # 2. Each resample's mean is the sum over its drawn groups over their count.
     means = sums[draws].sum(axis=1) / counts[draws].sum(axis=1)
     # 3. The middle ``level`` of those means.
-    tail = (1 - level) / 2
-    low, high = np.quantile(means, [tail, 1 - tail])
-    return Interval(float(values.mean()), float(low), float(high))
+    return interval(values.mean(), means, level)
 
 
 def paired_difference(a: Sequence[float], b: Sequence[float], groups: Sequence[Hashable] | None = None,
@@ -78,3 +91,14 @@ def paired_difference(a: Sequence[float], b: Sequence[float], groups: Sequence[H
     if a.shape != b.shape:
         raise ValueError(f"Paired measurements need the same rows: {a.shape} against {b.shape}.")
     return bootstrap_mean(a - b, groups, **kwargs)
+
+
+def check_above_zero(difference: Interval, claim: str) -> None:
+    """A sanity check on a measured difference: its whole 95 % interval lies above zero.
+
+    Otherwise ``AssertionError`` with ``claim`` (what should have held) and the interval: a
+    difference whose interval reaches zero could be the luck of which prompts were drawn.
+    """
+    if not difference.low > 0:
+        raise AssertionError(f"{claim}: not shown. The difference is {difference} (95 % interval), "
+                             "which does not exclude zero, so it could be noise.")
