@@ -23,8 +23,13 @@ K the two agree closely.
 
 Everything about ratings and rates is a pure function of a list of battles, so it is unit-tested.
 
-Left out: confidence intervals by bootstrap, position bias of the judge, style control, and
-sampling several answers per prompt.
+**Intervals.** 120 or 231 prompts are a sample, so every figure carries noise. A model's gain over
+SFT is a *paired* bootstrap over prompts (``gain_over``: both answered the same prompts, so what
+the prompts have in common cancels), and a rating's interval resamples whole prompts with their
+battles and replays them (``elo_intervals``). Two models are ranked only where the interval of
+their difference (or their rating intervals) separate.
+
+Left out: position bias of the judge, style control, and sampling several answers per prompt.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import NamedTuple
 
-from rlhf_helpers import labeler
+from rlhf_helpers import labeler, stats
 
 INITIAL_RATING = 1000.0
 ELO_SCALE = 400.0  # a 400-point gap means odds of 10 to 1
@@ -150,6 +155,71 @@ def distinct_n(texts: list[str], n: int) -> float:
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
+def replay_elo(a: "np.ndarray", b: "np.ndarray", score_a: "np.ndarray", n_models: int, k: float = ELO_K,
+               initial: float = INITIAL_RATING, scale: float = ELO_SCALE) -> "np.ndarray":
+    """Online Elo for many battle sequences at once: ``online_elo``, vectorised over rows.
+
+    ``a``, ``b`` (model numbers) and ``score_a`` (1, 0.5, 0) have one row per sequence and one column
+    per battle; returns the ratings, ``(rows, n_models)``. The update is ``elo_update``'s, applied to
+    every row at each step: the bootstrap replays thousands of sequences, too many for a Python loop.
+    """
+    import numpy as np
+
+    ratings = np.full((a.shape[0], n_models), float(initial))
+    rows = np.arange(a.shape[0])
+    for t in range(a.shape[1]):
+        ra, rb = ratings[rows, a[:, t]], ratings[rows, b[:, t]]
+        change = k * (score_a[:, t] - 1.0 / (1.0 + 10.0 ** ((rb - ra) / scale)))
+        ratings[rows, a[:, t]] += change
+        ratings[rows, b[:, t]] -= change
+    return ratings
+
+
+def elo_intervals(battles: list[Battle], models: list[str], resamples: int = 500, orders: int = 10,
+                  k: float = ELO_K, seed: int = ARENA_SEED, level: float = stats.LEVEL) -> dict[str, stats.Interval]:
+    """Each model's ``elo_ratings`` with a bootstrap interval over prompts.
+
+    Each resample draws the prompts with replacement, takes every battle on the drawn prompts, and
+    replays them in ``orders`` random orders, averaged: the same estimator as ``elo_ratings``, on
+    resampled prompts. Battles need their ``prompt``; every prompt must have as many battles.
+    """
+    import numpy as np
+
+    estimate = elo_ratings(battles, models, k, seed=seed)
+    ids, draws = stats.group_draws([battle.prompt for battle in battles], resamples=resamples, seed=seed)
+    if len(set(np.bincount(ids))) != 1:
+        raise ValueError("elo_intervals needs as many battles on every prompt (every pair of models, once).")
+    number = {name: i for i, name in enumerate(models)}
+    by_group = np.argsort(ids, kind="stable").reshape(draws.shape[1], -1)  # battle indices, one row per prompt
+    a = np.array([number[battle.model_a] for battle in battles])
+    b = np.array([number[battle.model_b] for battle in battles])
+    score = np.array([actual_score(battle.winner) for battle in battles])
+    chosen = by_group[draws].reshape(resamples, -1).repeat(orders, axis=0)  # each resample, ``orders`` times
+    rng = np.random.default_rng(seed)
+    order = rng.permuted(chosen, axis=1)
+    ratings = replay_elo(a[order], b[order], score[order], len(models), k).reshape(resamples, orders, -1).mean(1)
+    return {name: stats.interval(estimate[name], ratings[:, i], level) for i, name in enumerate(models)}
+
+
+def per_prompt(results: dict, name: str, metric: str = "gold") -> list[float]:
+    """One arena model's value on each prompt: its answer's gold utility (``"gold"``) or 1.0 / 0.0
+    for whether it follows the instruction (``"following"``)."""
+    from rlhf_helpers import instructions
+
+    prompts, answers, ended = results["prompts"], results["answers"][name], results["ended"][name]
+    if metric == "gold":
+        return labeler.gold_utilities(prompts, answers, ended)
+    if metric == "following":
+        return [float(instructions.follows(p, a)) for p, a in zip(prompts, answers)]
+    raise ValueError(f"metric must be 'gold' or 'following', got {metric!r}")
+
+
+def gain_over(results: dict, name: str, baseline: str = "sft", metric: str = "gold") -> stats.Interval:
+    """``name``'s mean ``metric`` minus ``baseline``'s on the same prompts, with a paired bootstrap interval."""
+    return stats.paired_difference(per_prompt(results, name, metric), per_prompt(results, baseline, metric),
+                                   results["prompts"])
+
+
 # --------------------------------------------------------------------------------------------
 # Judging real answers
 # --------------------------------------------------------------------------------------------
@@ -207,8 +277,8 @@ def arena_config(profile=None) -> dict:
 
     profile = profile or get_profile()
     return {"beyond": beyond_ppo.beyond_config(profile), "ppo": rlhf.ppo_artifact_config(profile),
-            "ppo_sizes": asdict(profile.ppo), "models": list(MODELS), "elo_k": ELO_K,
-            "permutations": ELO_PERMUTATIONS, "seed": ARENA_SEED, "version": ARENA_VERSION}
+            "ppo_sizes": asdict(profile.ppo), "prompts": profile.beyond.arena_prompts, "models": list(MODELS),
+            "elo_k": ELO_K, "permutations": ELO_PERMUTATIONS, "seed": ARENA_SEED, "version": ARENA_VERSION}
 
 
 def run_arena(models: dict, prompts: list[str], progress=None) -> dict:

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from rlhf_helpers import arena
+from rlhf_helpers import arena, stats
 from rlhf_helpers.arena import Battle
 
 
@@ -117,3 +117,82 @@ def test_judged_battles_cover_every_pair_and_call_gold_ties_ties():
             assert b.winner == "tie"
         elif "bad" in (b.model_a, b.model_b):  # a careful labeler (tau 0.05) picks the better answer
             assert (b.model_a if b.winner == "a" else b.model_b) != "bad"
+
+
+def _arena_results(seed=0, n=120):
+    """Arena results on ``n`` made-up prompts: ``sft`` and ``resampled`` draw their answers from the
+    same pool (a control: no real difference), ``better`` answers well three times in four."""
+    rng = random.Random(seed)
+    prompts = [f"Continue this line: the king{i} is" for i in range(n)]
+    pool = ["good and fair.", "the the the", "dead.", "kind and gentle, my lord.", "of a tading"]
+    answers = {"sft": [rng.choice(pool) for _ in prompts], "resampled": [rng.choice(pool) for _ in prompts],
+               "better": [pool[3] if rng.random() < 0.75 else rng.choice(pool) for _ in prompts]}
+    return {"prompts": prompts, "answers": answers, "ended": {name: [True] * n for name in answers}}
+
+
+def test_a_gain_is_significant_only_for_a_real_difference():
+    results = _arena_results()
+    control = arena.gain_over(results, "resampled")
+    assert control.low < 0 < control.high  # the control: the same model, answered again
+    with pytest.raises(AssertionError, match="resampled over sft: not shown.*could be noise"):
+        stats.check_above_zero(control, "resampled over sft")
+    gain = arena.gain_over(results, "better")
+    stats.check_above_zero(gain, "better over sft")
+    assert gain.low > 0 and gain.estimate > control.estimate
+    assert arena.gain_over(results, "better", metric="gold") == gain  # deterministic
+
+
+def test_per_prompt_values_are_the_gold_utilities_and_following_flags():
+    from rlhf_helpers import instructions, labeler
+
+    results = _arena_results(n=10)
+    assert arena.per_prompt(results, "sft") == labeler.gold_utilities(results["prompts"], results["answers"]["sft"],
+                                                                       results["ended"]["sft"])
+    follows = arena.per_prompt(results, "sft", "following")
+    assert follows == [float(instructions.follows(p, a)) for p, a in zip(results["prompts"], results["answers"]["sft"])]
+    with pytest.raises(ValueError, match="metric"):
+        arena.per_prompt(results, "sft", "elo")
+
+
+def test_elo_intervals_hold_the_estimate_and_narrow_with_more_prompts():
+    rng = random.Random(1)
+
+    def battles(n):  # "strong" beats "weak" 70 % of the time, on n prompts, 5 battles each
+        return [Battle("strong", "weak", "a" if rng.random() < 0.7 else "b", f"p{i}") for i in range(n) for _ in range(5)]
+
+    few, many = (arena.elo_intervals(battles(n), ["strong", "weak"], resamples=200) for n in (80, 1280))
+    for intervals in (few, many):
+        assert intervals["strong"].low < intervals["strong"].estimate < intervals["strong"].high
+        assert intervals["weak"].high < intervals["strong"].low  # they separate
+    true_rating = 1000 + 200 * math.log10(0.7 / 0.3)  # half of the gap that odds of 7 to 3 mean
+    assert many["strong"].low < true_rating < many["strong"].high
+    width = lambda i: i.high - i.low
+    assert width(many["strong"]) < width(few["strong"]) / 1.5  # not /4: online Elo's order noise stays
+
+
+def test_the_vectorised_replay_is_online_elo():
+    import numpy as np
+
+    rng = random.Random(3)
+    names = ["x", "y", "z"]
+    battles = [Battle(*rng.sample(names, 2), rng.choice(arena.OUTCOMES)) for _ in range(60)]
+    number = {n: i for i, n in enumerate(names)}
+    a = np.array([[number[b.model_a] for b in battles]])
+    b = np.array([[number[b.model_b] for b in battles]])
+    score = np.array([[arena.actual_score(b.winner) for b in battles]])
+    replayed = arena.replay_elo(a, b, score, 3, k=16)[0]
+    expected = arena.online_elo(battles, names, k=16)
+    assert all(math.isclose(replayed[number[n]], expected[n]) for n in names)
+
+
+def test_elo_intervals_need_as_many_battles_on_every_prompt():
+    uneven = [Battle("x", "y", "a", "p1"), Battle("x", "y", "b", "p1"), Battle("x", "y", "a", "p2")]
+    with pytest.raises(ValueError, match="as many battles on every prompt"):
+        arena.elo_intervals(uneven, ["x", "y"])
+
+
+def test_elo_intervals_of_a_coin_flip_overlap():
+    rng = random.Random(2)
+    coin = [Battle("x", "y", rng.choice("ab"), f"p{i}") for i in range(200)]
+    intervals = arena.elo_intervals(coin, ["x", "y"])
+    assert intervals["x"].low < intervals["y"].high and intervals["y"].low < intervals["x"].high
