@@ -43,9 +43,10 @@ import torch
 
 from rlhf_helpers import instructions, labeler, ppo, reward, sft
 
-RLHF_VERSION = 1  # bump when the recipe changes, so cached policies are rebuilt
+RLHF_VERSION = 2  # bump when the recipe changes, so cached policies are rebuilt
 PPO_SEED = 0
 EVAL_SEED = 1234  # the evaluation's samples; a different stream from training's
+NOISE_SEED = 99  # the noise-reward control's scores
 METRICS = (  # the training metrics the live grid shows, with their axis labels
     ("score", "RM score (normalised)"), ("gold", "gold utility"), ("kl", "KL to reference (nats)"),
     ("reward", "score - beta * KL"), ("beta", "beta"), ("entropy", "entropy (nats/token)"),
@@ -215,11 +216,13 @@ def word_shift(before: list[str], after: list[str], top: int = 10, min_count: in
 
 def train(policy, ref_model, tokenizer, config: ppo.PPOConfig, steps: int, *, reward_model, reward_tokenizer,
           reward_stats: tuple[float, float], prompts: list[str] | None = None, progress=None,
-          callback=None) -> list[dict]:
+          callback=None, score_fn=None) -> list[dict]:
     """``ppo.train_ppo`` with the course's reward, gold utility and training prompts; the history.
 
     ``ref_model`` None means a peft policy with its adapter disabled. The value model starts as a
-    copy of the reward model. Each history row's ``gold`` includes the unended penalty.
+    copy of the reward model. ``score_fn(prompts, responses) -> raw scores`` replaces the reward
+    model's scores if given (``noise_reward_fn``: the control). Each history row's ``gold``
+    includes the unended penalty.
     """
 
     def on_step(metrics, batch_prompts, responses):
@@ -227,10 +230,28 @@ def train(policy, ref_model, tokenizer, config: ppo.PPOConfig, steps: int, *, re
         if callback is not None:
             callback(metrics, batch_prompts, responses)
 
+    score_fn = score_fn or reward_fn(reward_model, reward_tokenizer)
     history = ppo.train_ppo(policy, ref_model, reward_model, None, tokenizer, prompts or training_prompts(), config,
-                            reward_stats=reward_stats, reward_fn=reward_fn(reward_model, reward_tokenizer),
-                            gold_fn=gold_fn, steps=steps, progress=progress, callback=on_step)
+                            reward_stats=reward_stats, reward_fn=score_fn, gold_fn=gold_fn, steps=steps,
+                            progress=progress, callback=on_step)
     return history
+
+
+def noise_reward_fn(reward_stats: tuple[float, float], seed: int = NOISE_SEED):
+    """The control's reward: a random score for every answer, whatever it says.
+
+    Drawn with the reward model's own mean and spread, so after normalisation it looks like a real
+    score to PPO, and it has its own generator, so it does not disturb the sampling. Whatever a
+    policy trained on it gains in gold utility comes from drift alone (answers that end more often,
+    say, or get shorter): the bar that a real reward has to clear.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    mean, std = reward_stats
+
+    def score(prompts: list[str], responses: list[str]) -> torch.Tensor:
+        return mean + std * torch.randn(len(responses), generator=generator)
+
+    return score
 
 
 def smooth(values: list[float], window: int = 5) -> list[float]:
@@ -360,12 +381,36 @@ def ppo_artifact_config(profile=None) -> dict:
             "seed": PPO_SEED, "version": RLHF_VERSION}
 
 
-def sample_table(before: dict, after: dict) -> list[dict]:
-    """One row per held-out prompt: the SFT answer and the PPO answer, each with its numbers."""
+def sample_table(before: dict, after: dict, control: dict) -> list[dict]:
+    """One row per held-out prompt: the SFT, PPO and noise-control answers, each with its numbers."""
     return [{"prompt": b["prompt"], "sft": b["response"], "sft_ended": b["ended"], "sft_gold": b["gold"],
              "sft_score": b["score"], "ppo": a["response"], "ppo_ended": a["ended"], "ppo_gold": a["gold"],
-             "ppo_score": a["score"], "ppo_kl": a["kl"]}
-            for b, a in zip(before["rows"], after["rows"])]
+             "ppo_score": a["score"], "ppo_kl": a["kl"], "control": c["response"], "control_ended": c["ended"],
+             "control_gold": c["gold"], "control_score": c["score"]}
+            for b, a, c in zip(before["rows"], after["rows"], control["rows"])]
+
+
+def gold_gains(samples: list[dict]) -> dict:
+    """Paired bootstrap intervals over the held-out prompts (``stats.Interval``): ``"ppo"`` and
+    ``"control"``, each one's gold utility minus the SFT model's, and ``"ppo_over_control"``, PPO's
+    minus the noise control's: what the reward model taught beyond drift."""
+    from rlhf_helpers import stats
+
+    gold = {name: [row[f"{name}_gold"] for row in samples] for name in ("sft", "ppo", "control")}
+    prompts = [row["prompt"] for row in samples]
+    return {"ppo": stats.paired_difference(gold["ppo"], gold["sft"], prompts),
+            "control": stats.paired_difference(gold["control"], gold["sft"], prompts),
+            "ppo_over_control": stats.paired_difference(gold["ppo"], gold["control"], prompts)}
+
+
+def noise_control(config: ppo.PPOConfig, steps: int, judge: dict, progress=None) -> tuple:
+    """``(policy, reference)``: the SFT model trained exactly as the ``ppo`` run, for as many steps,
+    but on ``noise_reward_fn``'s random scores. PPO's gold gain must beat this run's."""
+    policy, tokenizer = sft.load_sft_model()
+    ref_model, _ = sft.load_sft_model()
+    train(policy, ref_model, tokenizer, config, steps, progress=progress,
+          score_fn=noise_reward_fn(judge["reward_stats"]), **judge)
+    return policy, ref_model
 
 
 def _build_ppo(folder: Path, progress, callback=None) -> None:
@@ -376,18 +421,23 @@ def _build_ppo(folder: Path, progress, callback=None) -> None:
     judge = load_judge()
     run = run_from_sft(config, sizes.steps, judge=judge, prompts=heldout_prompts(sizes.checkpoint_prompts),
                        eval_every=sizes.eval_every, progress=progress, callback=callback)
-    # the final judgement, on every held-out prompt: the SFT model, then the PPO policy
+    progress.set_description("the noise-reward control")
+    control_policy, control_ref = noise_control(config, sizes.steps, judge, progress)
+    # the final judgement, on every held-out prompt: the SFT model, the PPO policy, the control
     prompts = heldout_prompts(sizes.eval_prompts)
     sft_model, tokenizer = sft.load_sft_model()
     before = evaluate(sft_model, tokenizer, prompts, config, ref_model=sft_model, **judge)
     after = evaluate(run["policy"], tokenizer, prompts, config, ref_model=run["ref_model"], **judge)
+    control = evaluate(control_policy, tokenizer, prompts, config, ref_model=control_ref, **judge)
     run["policy"].save_pretrained(folder / "model")  # safetensors
     tokenizer.save_pretrained(folder / "model")
     (folder / "history.json").write_text(json.dumps(run["history"], indent=1))
-    (folder / "samples.json").write_text(json.dumps(sample_table(before, after), indent=1, ensure_ascii=False))
+    (folder / "samples.json").write_text(json.dumps(sample_table(before, after, control), indent=1,
+                                                    ensure_ascii=False))
     (folder / "evaluation.json").write_text(json.dumps(
-        {"sft": summary(before), "ppo": summary(after), "beta": config.init_kl_coef, "checkpoints": run["checkpoints"],
-         "seconds": run["seconds"], "train_seconds": round(sum(row["seconds"] for row in run["history"]), 1),
+        {"sft": summary(before), "ppo": summary(after), "noise_control": summary(control), "beta": config.init_kl_coef,
+         "checkpoints": run["checkpoints"], "seconds": run["seconds"],
+         "train_seconds": round(sum(row["seconds"] for row in run["history"]), 1),
          "eval_prompts": len(prompts), "reward_stats": list(judge["reward_stats"])}, indent=1))
 
 
@@ -416,13 +466,14 @@ def ppo_history() -> list[dict]:
 
 
 def ppo_samples() -> list[dict]:
-    """Held-out prompts with the SFT and the PPO answers, their gold utilities, scores and KL."""
+    """Held-out prompts with the SFT, PPO and noise-control answers, their gold utilities and scores."""
     return json.loads((ppo_path() / "samples.json").read_text())
 
 
 def ppo_evaluation() -> dict:
-    """Held-out means of the SFT model (``sft``) and the policy (``ppo``), ``beta``, the run's
-    ``checkpoints``, ``seconds`` (training and judging) and ``train_seconds``."""
+    """Held-out means of the SFT model (``sft``), the policy (``ppo``) and the noise-reward control
+    (``noise_control``), ``beta``, the run's ``checkpoints``, ``seconds`` (training and judging the
+    ``ppo`` run) and ``train_seconds``."""
     return json.loads((ppo_path() / "evaluation.json").read_text())
 
 

@@ -191,3 +191,32 @@ def _loss_mean_with_padding(new, old, advantages, mask, clip_eps=0.2):
 def test_classic_mistakes_are_caught(check, wrong):
     with pytest.raises(ExerciseError, match="Exercise 06"):
         check(wrong)
+
+
+def _rollout_like_batch(seed=0):
+    """Log-probabilities of a sampled batch, a reference that disagrees by a few nats, whitened
+    advantages and a prefix mask: the shape of lesson 06's section-7 comparison."""
+    gen = torch.Generator().manual_seed(seed)
+    logprobs = -torch.rand(16, 12, generator=gen) * 3
+    ref_logprobs = logprobs - torch.randn(16, 12, generator=gen) * 0.8
+    lengths = torch.randint(3, 13, (16,), generator=gen)
+    mask = (torch.arange(12)[None, :] < lengths[:, None]).float()
+    advantages = ppo.masked_whiten(torch.randn(16, 12, generator=gen), mask)
+    return logprobs, ref_logprobs, advantages, mask
+
+
+@pytest.mark.parametrize("wrong", [_loss_min, _loss_ratio_not_exponentiated, _loss_unclipped,
+                                   _loss_objective_sign, _loss_mean_with_padding])
+def test_section_7_compares_the_loss_at_ratios_other_than_one(wrong):
+    """At ratio 1 (new = old) with whitened advantages most mistakes agree with the loop, so lesson
+    06's real-batch comparison uses the SFT model's log-probabilities as ``new``: there each
+    classic mistake differs from ``ppo.policy_loss`` by more than the cell's tolerance. At ratio 1,
+    four of the five agreed with it."""
+    logprobs, ref_logprobs, advantages, mask = _rollout_like_batch()
+    loop_at_one = ppo.policy_loss(logprobs, logprobs, advantages, mask)[0]
+    loop, clip_frac, _ = ppo.policy_loss(ref_logprobs, logprobs, advantages, mask)
+    assert clip_frac > 0
+    assert torch.allclose(l06.reference_clipped_policy_loss(ref_logprobs, logprobs, advantages, mask), loop, atol=1e-4)
+    assert not torch.allclose(wrong(ref_logprobs, logprobs, advantages, mask), loop, atol=1e-4)
+    blind_at_one = torch.allclose(wrong(logprobs, logprobs, advantages, mask), loop_at_one, atol=1e-4)
+    assert blind_at_one == (wrong is not _loss_ratio_not_exponentiated)  # why ratio 1 was no test

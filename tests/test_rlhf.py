@@ -66,6 +66,18 @@ def test_prompts_settings_and_small_helpers():
     assert terms["unended"] == -labeler.W_UNENDED and terms["repetition"] == pytest.approx(-0.5)
 
 
+def test_the_noise_reward_ignores_the_answers_and_looks_like_a_normalised_score():
+    score = rlhf.noise_reward_fn((2.0, 0.5), seed=5)
+    first = score(["p"] * 4000, ["a good answer"] * 4000)
+    again = rlhf.noise_reward_fn((2.0, 0.5), seed=5)(["p"] * 4000, ["x"] * 4000)
+    assert torch.equal(first, again)  # the same draws, whatever the answers say
+    assert abs(first.mean().item() - 2.0) < 0.05 and abs(first.std().item() - 0.5) < 0.05
+    assert not torch.equal(score(["p"] * 4, ["y"] * 4), first[:4])  # a stream: each call draws afresh
+    state = torch.random.get_rng_state()
+    rlhf.noise_reward_fn((0.0, 1.0))(["p"], ["q"])
+    assert torch.equal(torch.random.get_rng_state(), state)  # its own generator: sampling is undisturbed
+
+
 def test_every_profile_has_ppo_sizes_that_fit_the_config():
     for profile in env.PROFILES.values():
         sizes = profile.ppo
@@ -103,7 +115,13 @@ def test_ppo_pipeline_trains_saves_judges_and_reloads(monkeypatch, isolated_arti
     assert evaluation["checkpoints"][-1]["kl"] != 0.0
     samples = rlhf.ppo_samples()
     assert [s["prompt"] for s in samples] == rlhf.heldout_prompts(sizes.eval_prompts)
-    assert {"sft", "ppo", "sft_gold", "ppo_gold", "sft_ended", "ppo_ended", "ppo_kl"} <= set(samples[0])
+    assert {"sft", "ppo", "sft_gold", "ppo_gold", "sft_ended", "ppo_ended", "ppo_kl", "control", "control_gold",
+            "control_ended", "control_score"} <= set(samples[0])
+    assert evaluation["noise_control"]["kl"] != 0.0  # the control trained too
+    assert sum(s["control_gold"] for s in samples) / len(samples) == pytest.approx(evaluation["noise_control"]["gold"], abs=1e-4)
+    gains = rlhf.gold_gains(samples)
+    assert gains["ppo"].estimate == pytest.approx(evaluation["ppo"]["gold"] - evaluation["sft"]["gold"], abs=2e-4)
+    assert gains["ppo_over_control"].estimate == pytest.approx(gains["ppo"].estimate - gains["control"].estimate)
     policy, tokenizer = rlhf.load_ppo_policy()
     sft_model, _ = sft.load_sft_model()
     assert any(not torch.equal(a, b) for a, b in zip(policy.parameters(), sft_model.parameters()))
