@@ -10,6 +10,7 @@
 #                       from an empty artifacts folder in reverse lesson order, then again
 #   make test-latest    the whole suite on the newest release of every dependency (.venv-latest)
 #   make lock           rewrite requirements.lock from the newest releases (after test-latest passes)
+#   make test-scale     scale/sky/*.yaml through SkyPilot's own parser, in its own environment (.venv-sky)
 
 PYTHON ?= python3
 VENV := .venv
@@ -38,7 +39,7 @@ LATEST_TORCH_SPEC ?= torch
 WHEELS ?=
 PLATFORMS ?=
 
-.PHONY: setup lab test test-portable test-latest latest-env lock wheelhouse test-wheelhouse site test-site bench doctor build check clean
+.PHONY: setup lab test test-portable test-latest latest-env lock wheelhouse test-wheelhouse site test-site test-scale bench doctor build check clean
 
 setup: $(STAMP)
 
@@ -64,8 +65,10 @@ test-wheelhouse: wheelhouse
 lab: setup
 	$(PY) -m course lab $(LAB_ARGS)
 
+# What `make test` runs; TEST_PATHS=tests runs the unit tests alone (scale/sky/test-gpu.yaml does).
+TEST_PATHS ?= tests lessons solutions
 test: setup
-	$(OFFLINE) $(PY) -m pytest --nbval tests lessons solutions
+	$(OFFLINE) $(PY) -m pytest --nbval $(TEST_PATHS)
 
 # Not in CI (about 17 minutes on 2 cores): run it before changing what a notebook prints. Both
 # runs always run; the target fails if either did.
@@ -108,6 +111,24 @@ site: setup
 test-site: setup
 	RLHF_REQUIRE_BROWSER=1 $(OFFLINE) $(PY) -m pytest -p no:cacheprovider tests/test_site.py
 
+# SkyPilot's parser on scale/sky/*.yaml (the accelerate configs are checked by make test). SkyPilot
+# is heavy and never enters the course's environment: it lives in .venv-sky, at the release in
+# scale/sky/requirements.txt. Offline after the install; HOME is a folder inside .venv-sky, so no
+# cloud credentials are read and ~/.sky is left alone. The root conftest.py and pytest options
+# need the course's environment: --noconftest and an empty addopts leave them out.
+SKY_VENV := .venv-sky
+$(SKY_VENV)/.installed: scale/sky/requirements.txt
+	rm -rf $(SKY_VENV)
+	$(PYTHON) -m venv $(SKY_VENV)
+	$(SKY_VENV)/bin/python -m pip install --quiet -r scale/sky/requirements.txt
+	touch $@
+
+test-scale: $(SKY_VENV)/.installed
+	mkdir -p $(SKY_VENV)/home
+	HOME=$(CURDIR)/$(SKY_VENV)/home $(SKY_VENV)/bin/python -m pytest -p no:cacheprovider --noconftest -o addopts= \
+		-W ignore::DeprecationWarning -v \
+		tests/test_scale.py -k skypilot
+
 bench: setup
 	$(OFFLINE) $(PY) -m course bench
 
@@ -121,4 +142,4 @@ check: setup
 	$(PY) -m course build --check
 
 clean:
-	rm -rf $(VENV) $(LATEST_VENV) .venv-wheelhouse $(PORTABLE_ARTIFACTS) *.egg-info .pytest_cache
+	rm -rf $(VENV) $(LATEST_VENV) $(SKY_VENV) .venv-wheelhouse $(PORTABLE_ARTIFACTS) *.egg-info .pytest_cache

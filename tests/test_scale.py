@@ -1,11 +1,15 @@
-"""scale/: the accelerate configs, each checked by accelerate itself.
+"""scale/: the accelerate configs and the SkyPilot task files, each checked by the tool that reads it.
 
-accelerate's own config class, its launch-time checks and the plugins a launched process builds,
-then a real two-process launch on the CPU. A broken config is shown to be refused.
+The accelerate part runs wherever the course is installed, CI included: accelerate's own config
+class, its launch-time checks and the plugins a launched process builds, then a real two-process
+launch on the CPU. The SkyPilot part needs SkyPilot, which the course does not install (it is
+heavy): ``make test-scale`` builds ``.venv-sky`` and runs ``pytest tests/test_scale.py -k skypilot``
+there. Each part also shows that a broken file is refused.
 """
 
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +18,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCELERATE = ROOT / "scale" / "accelerate"
+SKY = ROOT / "scale" / "sky"
+
+try:
+    import sky
+except ImportError:
+    sky = None
 
 # --------------------------------------------------------------------------------------------
 # accelerate
@@ -124,3 +134,97 @@ def test_the_cpu_config_launches_two_gloo_processes_that_add_up():
     assert done.returncode == 0, done.stdout + done.stderr
     reports = re.findall(r"process (\d) of (\d): backend (\w+), device ([\w:]+), sum (\d+)", done.stdout)
     assert sorted(reports) == [("0", "2", "gloo", "cpu:0", "3"), ("1", "2", "gloo", "cpu:0", "3")], done.stdout
+
+
+# --------------------------------------------------------------------------------------------
+# SkyPilot (make test-scale)
+# --------------------------------------------------------------------------------------------
+
+needs_skypilot = pytest.mark.skipif(
+    sky is None, reason="SkyPilot is not installed here (it is heavy): `make test-scale` checks scale/sky/ "
+                        "with SkyPilot's own parser in .venv-sky")
+TASKS = ("test-gpu.yaml", "recipe-multigpu.yaml")
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """Any network connection raises: SkyPilot may parse a task, never fetch a catalog or reach a cloud."""
+    def refuse(*args, **kwargs):
+        raise OSError("network access attempted while the network is blocked")
+
+    for name in ("connect", "connect_ex"):
+        monkeypatch.setattr(socket.socket, name, refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def parse_task(path: Path, monkeypatch):
+    """``sky.Task.from_yaml`` (SkyPilot's schema, resources and accelerator counts), then the
+    checks ``sky launch`` makes before it asks a cloud for anything: the name, the run script, and
+    the workdir, resolved from the repository root as the task files say to launch them."""
+    monkeypatch.chdir(ROOT)
+    task = sky.Task.from_yaml(str(path))
+    task.validate_name()
+    task.validate_run()
+    task.expand_and_validate_workdir()
+    return task
+
+
+def accelerator_counts(task) -> list[int]:
+    return [count for resources in task.resources for count in (resources.accelerators or {}).values()]
+
+
+@needs_skypilot
+def test_skypilot_checks_only_the_task_files_in_the_folder():
+    assert {p.name for p in SKY.glob("*.yaml")} == set(TASKS)
+
+
+@needs_skypilot
+@pytest.mark.parametrize("name", TASKS)
+def test_skypilot_parses_the_task_offline(offline, monkeypatch, name):
+    task = parse_task(SKY / name, monkeypatch)
+    assert task.workdir == str(ROOT)  # the checkout is synced, .gitignore'd files left out
+    assert task.envs["RLHF_PROFILE"] == "gpu"
+    assert "make setup" in task.setup
+
+
+@needs_skypilot
+def test_skypilot_test_gpu_runs_the_tests_on_one_gpu(offline, monkeypatch):
+    task = parse_task(SKY / "test-gpu.yaml", monkeypatch)
+    assert task.num_nodes == 1 and accelerator_counts(task) and set(accelerator_counts(task)) == {1}
+    assert 'make test TEST_PATHS="$TEST_PATHS"' in task.run
+    default = re.search(r"^TEST_PATHS \?= (.+)$", (ROOT / "Makefile").read_text(), re.M).group(1)
+    assert task.envs["TEST_PATHS"] == default  # the task's default run is make test's
+
+
+@needs_skypilot
+def test_skypilot_recipe_launches_a_trl_stage_on_every_gpu(offline, monkeypatch):
+    from course.run import STAGES
+
+    task = parse_task(SKY / "recipe-multigpu.yaml", monkeypatch)
+    assert task.num_nodes == 1 and accelerator_counts(task) and min(accelerator_counts(task)) >= 2
+    run = " ".join(task.run.replace("\\\n", " ").split())
+    launches = re.findall(r"accelerate launch --config_file (\S+) --num_processes \"\$SKYPILOT_NUM_GPUS_PER_NODE\" "
+                          r"(-m course run (\w+)|\S+)", run)
+    assert launches, run
+    for config, _, stage in launches:
+        assert (ROOT / config).is_file()
+        assert stage in ("", "sft", "sft_lora", "reward", "dpo", "grpo")  # stages trl's Trainer trains
+    single = re.findall(r"\.venv/bin/python -m course run (\w+)", run)  # the earlier stages, in one process
+    assert all(stage in STAGES for stage in single) and "sft" in {s for _, _, s in launches}
+
+
+@needs_skypilot
+@pytest.mark.parametrize("old, new, error", [
+    ("resources:", "resource:", "Invalid task YAML"),  # a misspelled key
+    ("L4: 1,", "L4: 0,", "Accelerator count must be a positive number"),
+    ("disk_size: 64", "disk_size: lots", "disk_size"),  # a bad value
+    ("name: rlhf-test-gpu", "name: rlhf test gpu", "Invalid task name"),
+])
+def test_skypilot_refuses_a_broken_task(offline, monkeypatch, tmp_path, old, new, error):
+    text = (SKY / "test-gpu.yaml").read_text()
+    assert old in text, f"test-gpu.yaml no longer contains {old!r}: update this test"
+    broken = tmp_path / "test-gpu.yaml"
+    broken.write_text(text.replace(old, new))
+    with pytest.raises(ValueError, match=error):
+        parse_task(broken, monkeypatch)
