@@ -1,4 +1,4 @@
-"""``python -m course setup | lab | test | wheelhouse | list | doctor | build | bench | pack | unpack | labels``
+"""``python -m course setup | lab | test | wheelhouse | list | doctor | build | bench | pack | unpack | labels | memory``
 
 ``setup``, ``lab`` and ``test`` are the Makefile's targets for machines without ``make`` (Windows):
 they need only the Python that runs them, and use the course's environment in ``.venv``.
@@ -142,6 +142,21 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_memory(args) -> int:
+    """The GPU memory each stage needs (course/memory.py); ``--readme`` writes it into README.md."""
+    from course import memory
+    from rlhf_helpers.env import PROFILES
+    from rlhf_helpers.tokenizers import COURSE_VOCAB_SIZE
+
+    table = memory.markdown_table(PROFILES, COURSE_VOCAB_SIZE)
+    if args.readme:
+        memory.write_readme_table(table)
+        print("README.md's memory table is current.")
+    else:
+        print(table)
+    return 0
+
+
 def cmd_list(args) -> int:
     print(f"{'#':<3} {'lesson':<46} {'CPU min':>7} {'GPU min':>7}  status")
     for l in manifest.LESSONS:
@@ -244,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
         if kind == "labels":
             p.add_argument("--tau", type=float, default=0.5, help="report: the simulated labeler's noise scale")
         p.set_defaults(func=cmd_labels)
+    p = sub.add_parser("memory", help="the GPU memory each stage needs, computed from parameter counts")
+    p.add_argument("--readme", action="store_true", help="write the table into README.md instead of printing it")
+    p.set_defaults(func=cmd_memory)
     p = sub.add_parser("bench", help="time each lesson and record its key figures")
     p.add_argument("lessons", nargs="*", help="lesson numbers or slugs (default: all)")
     p.add_argument("--profile", help="cpu or gpu (default: $RLHF_PROFILE or automatic)")
