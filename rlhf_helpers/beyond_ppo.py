@@ -18,8 +18,12 @@ template exactly as it was trained, and normalised with the mean and spread it m
 answers, as in lesson 06; an answer cut off by the token limit gets the fixed penalty lesson 06
 gives it (the reward model cannot see that it was cut off).
 
-Left out: IPO and the other DPO variants trl offers, several DPO epochs, vLLM generation, GRPO's
-several iterations per batch (``num_iterations``), and any tuning beyond what a CPU affords.
+GRPO is configured as Shao et al. describe it (``grpo_trainer_config``): the per-answer clipped
+objective (``loss_type="grpo"``), group-scaled rewards, and two updates per batch of answers, so that
+the ratio moves away from 1 and the clip has something to do.
+
+Left out: IPO and the other DPO variants trl offers, several DPO epochs, vLLM generation, trl's other
+GRPO losses (DAPO, Dr. GRPO, ...), and any tuning beyond what a CPU affords.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import torch
 from rlhf_helpers import gpt, instructions, reward, sft
 from rlhf_helpers.ppo import END_TOKEN
 
-BEYOND_VERSION = 1  # bump when the recipe changes, so cached models are rebuilt
+BEYOND_VERSION = 2  # bump when the recipe changes, so cached models are rebuilt
 DPO_SEED = 0
 GRPO_SEED = 0
 UNENDED_SCORE = -1.0  # normalised reward of an answer cut off by the token limit (lesson 06's penalty)
@@ -189,15 +193,27 @@ def grpo_dataset(prompts: list[str]):
     return Dataset.from_list([{"prompt": [{"role": "user", "content": p}]} for p in prompts])
 
 
+GRPO_ITERATIONS = 2  # updates per batch of answers (Shao et al.'s mu): with 1 the ratio is always 1 and the clip idle
+
+
 def grpo_trainer_config(sizes, output_dir: str, **overrides):
-    """A ``GRPOConfig``: ``grpo_prompts`` prompts x ``grpo_generations`` answers per step, sampled at
-    temperature 1 without vLLM; a small KL coefficient to the SFT model."""
+    """A ``GRPOConfig`` for Shao et al.'s objective, named rather than left to trl's defaults.
+
+    ``grpo_prompts`` prompts x ``grpo_generations`` answers per step, sampled at temperature 1
+    without vLLM. The loss is ``loss_type="grpo"``: PPO's clipped ratio times each answer's group
+    advantage (rewards scaled by their group's std, ``scale_rewards="group"``), averaged over an
+    answer's tokens, then over answers, plus ``beta`` x KL to the SFT model. trl 1.16's default is
+    ``"dapo"`` (averaged over every token of the batch instead), and its default single iteration
+    per batch would leave the ratio at exactly 1: each batch is used ``GRPO_ITERATIONS`` times so
+    the clip acts.
+    """
     from trl import GRPOConfig
 
     batch = sizes.grpo_prompts * sizes.grpo_generations
     settings = dict(**sft.trainer_settings(output_dir, sizes.grpo_steps, batch, sizes.grpo_lr, GRPO_SEED),
                     num_generations=sizes.grpo_generations, max_completion_length=sizes.max_new_tokens,
-                    temperature=1.0, beta=sizes.grpo_beta, use_vllm=False, log_completions=False)
+                    temperature=1.0, beta=sizes.grpo_beta, use_vllm=False, log_completions=False,
+                    loss_type="grpo", scale_rewards="group", num_iterations=GRPO_ITERATIONS, epsilon=0.2)
     return GRPOConfig(**{**settings, **overrides})
 
 

@@ -30,10 +30,9 @@ from __future__ import annotations
 
 import math
 import random
-import re
 from dataclasses import dataclass, field
 
-from rlhf_helpers import instructions
+from rlhf_helpers import instructions, words
 
 # --------------------------------------------------------------------------------------------
 # The taste: two small lexicons and the weights of each term.
@@ -65,12 +64,7 @@ WEIGHTS = {"follows": W_FOLLOWS, "tone": W_TONE, "unended": W_UNENDED,
 TONE_SATURATION = 2  # two more cheerful than gloomy words already earn the whole tone term
 DEFAULT_TAU = 0.5    # a starting point only: lesson 05 calibrates tau with ``calibrate_tau``
 
-_LETTERS = re.compile(r"[a-z]+")
-
-
-def _words(text: str) -> list[str]:
-    """Lower-case runs of letters: "Love's labour, lost!" -> ["love", "s", "labour", "lost"]."""
-    return _LETTERS.findall(text.lower())
+_words = words.pieces  # lower-case runs of letters: "Love's labour, lost!" -> love, s, labour, lost
 
 
 # --------------------------------------------------------------------------------------------

@@ -52,7 +52,7 @@ def test_dpo_loss_exercise_equals_trls_loss_on_one_batch():
     assert abs(ours - 0.6931) > 1e-4  # the policy differs from the reference
 
 
-def test_rewards_read_trls_conversational_format_and_advantages_match():
+def test_rewards_read_conversational_messages_and_mark_unended_answers():
     prompts = [[{"role": "user", "content": t.prompt}] for t in instructions.make_tasks("heldout", n=2)]
     good = [[{"role": "assistant", "content": t.response}] for t in instructions.make_tasks("heldout", n=2)]
     assert beyond_ppo.rule_reward(prompts, good) == [1.0, 1.0]
@@ -76,6 +76,30 @@ def test_rewards_read_trls_conversational_format_and_advantages_match():
     assert torch.allclose(adv, torch.tensor([-0.7071, 0.7071, 0.0, 0.0]), atol=1e-3)
 
 
+def test_group_advantages_equal_trls_on_a_sampled_batch(tmp_path):
+    """Exercise 07.2's reference against the advantages trl's GRPOTrainer computes for a real batch
+    (its private ``_generate_and_score_completions``: the step that samples, scores and normalises)."""
+    from transformers import GPT2LMHeadModel
+
+    model, tokenizer = tiny_model()
+    model.save_pretrained(tmp_path / "tiny")
+    model = GPT2LMHeadModel.from_pretrained(str(tmp_path / "tiny"), use_safetensors=True)
+    returned = []
+
+    def length_reward(prompts, completions, **kwargs):
+        returned.append([float(len(c[0]["content"]) % 5) for c in completions])
+        return returned[-1]
+
+    prompts = [t.prompt for t in instructions.make_tasks("train", n=4)]
+    trainer = beyond_ppo.grpo_trainer(model, tokenizer, [length_reward], prompts, SIZES, str(tmp_path / "out"))
+    group = trainer.args.num_generations
+    rows = [trainer.train_dataset[i] for i in range(SIZES.grpo_prompts) for _ in range(group)]  # trl's order
+    batch = trainer._generate_and_score_completions(rows)
+    ours = reference_group_advantages(torch.tensor(returned[-1]), group)
+    assert torch.allclose(batch["advantages"].flatten(), ours, atol=1e-5)
+    assert "old_per_token_logps" in batch  # two iterations per batch: the ratio is against the sampling policy
+
+
 def test_grpo_trains_one_step_on_the_rule_reward(tmp_path):
     from transformers import GPT2LMHeadModel
 
@@ -87,6 +111,7 @@ def test_grpo_trains_one_step_on_the_rule_reward(tmp_path):
     trainer = beyond_ppo.grpo_trainer(model, tokenizer, [lambda prompts, completions, **kw: [float(len(c[0]["content"]))
                                                                                              for c in completions]],
                                       prompts, SIZES, tempfile.mkdtemp(), warmup_steps=0)
+    assert (trainer.args.loss_type, trainer.args.scale_rewards, trainer.args.num_iterations) == ("grpo", "group", 2)
     trainer.train()
     logs = [row for row in trainer.state.log_history if "reward" in row]
     assert logs and all(torch.isfinite(torch.tensor(row["reward"])) for row in logs)

@@ -69,4 +69,6 @@ def check_group_advantages(group_advantages):
     return check("Exercise 07.2 (group_advantages)", group_advantages, reference_group_advantages, cases,
                  hint="view the flat rewards as (n_prompts, group_size) (a prompt's answers are next to each other), "
                       "subtract each ROW's mean and divide by that row's std (torch.std, unbiased) plus eps, then "
-                      "flatten back. Normalising over the whole batch, or dividing by std without eps, is wrong.")
+                      "flatten back. Normalising over the whole batch, or dividing by std without eps, is wrong. "
+                      "(This is Shao et al.'s convention, trl's scale_rewards='group'; Dr. GRPO's centring "
+                      "without the division is a published variant, but not the one this lesson trains.)")
