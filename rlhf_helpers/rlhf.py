@@ -241,9 +241,10 @@ def noise_reward_fn(reward_stats: tuple[float, float], seed: int = NOISE_SEED):
     """The control's reward: a random score for every answer, whatever it says.
 
     Drawn with the reward model's own mean and spread, so after normalisation it looks like a real
-    score to PPO, and it has its own generator, so it does not disturb the sampling. Whatever a
-    policy trained on it gains in gold utility comes from drift alone (answers that end more often,
-    say, or get shorter): the bar that a real reward has to clear.
+    score to PPO, and it has its own generator, so it does not disturb the sampling. As in the real
+    run, an answer that never ends gets the fixed penalty instead (``ppo.normalise_scores``), so the
+    control is "noise, plus: end your answers". Whatever a policy trained on it gains in gold
+    utility comes from that and from drift alone: the bar that a real reward has to clear.
     """
     generator = torch.Generator().manual_seed(seed)
     mean, std = reward_stats
