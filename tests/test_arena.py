@@ -142,16 +142,17 @@ def test_a_gain_is_significant_only_for_a_real_difference():
     assert arena.gain_over(results, "better", metric="gold") == gain  # deterministic
 
 
-def test_per_prompt_values_are_the_gold_utilities_and_following_flags():
-    from rlhf_helpers import instructions, labeler
-
-    results = _arena_results(n=10)
-    assert arena.per_prompt(results, "sft") == labeler.gold_utilities(results["prompts"], results["answers"]["sft"],
-                                                                       results["ended"]["sft"])
-    follows = arena.per_prompt(results, "sft", "following")
-    assert follows == [float(instructions.follows(p, a)) for p, a in zip(results["prompts"], results["answers"]["sft"])]
+def test_per_prompt_values_follow_the_answers():
+    prompts = ["Write a line about love.", "Write a line about the sea."]
+    results = {"prompts": prompts, "answers": {"good": ["Sweet love is kind and fair.", "The sea is gentle tonight."],
+                                               "bad": ["the the the the", "Death and blood."]},
+               "ended": {"good": [True, True], "bad": [True, True]}}
+    assert arena.per_prompt(results, "good", "following") == [1.0, 1.0]  # each names its topic
+    assert arena.per_prompt(results, "bad", "following") == [0.0, 0.0]
+    good, bad = arena.per_prompt(results, "good"), arena.per_prompt(results, "bad")
+    assert len(good) == 2 and all(g > b for g, b in zip(good, bad))
     with pytest.raises(ValueError, match="metric"):
-        arena.per_prompt(results, "sft", "elo")
+        arena.per_prompt(results, "good", "elo")
 
 
 def test_elo_intervals_hold_the_estimate_and_narrow_with_more_prompts():
