@@ -23,7 +23,7 @@ LOCK := requirements.lock
 # ~3 GB of CUDA libraries with:
 #   make setup TORCH_INDEX="--index-url https://download.pytorch.org/whl/cpu"
 # TORCH_SPEC bounds the torch that `make lock` may move to.
-TORCH_SPEC ?= torch>=2.4,<2.14
+TORCH_SPEC ?= torch>=2.9,<2.14
 TORCH_INDEX ?=
 # Tests and builds never touch a model hub.
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1

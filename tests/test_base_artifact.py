@@ -38,3 +38,17 @@ def test_base_config_depends_on_sizes_and_tokenizer():
     cpu, gpu = gpt.base_config(env.PROFILES["cpu"]), gpt.base_config(env.PROFILES["gpu"])
     assert cpu != gpu and cpu["tokenizer"] == gpu["tokenizer"]
     assert cpu["gpt"]["n_embd"] == env.PROFILES["cpu"].gpt.n_embd
+
+
+def test_an_untrained_gpt_fails_lesson_02s_bar():
+    """The control of lesson 02's assertion: the cpu profile's GPT before training, judged like the
+    trained one (same tokenizer, same validation windows), is far above the bar."""
+    from rlhf_helpers.tokenizers import course_tokenizer
+
+    sizes = env.PROFILES["cpu"].gpt
+    tokenizer = course_tokenizer()
+    (val_ids, val_chars) = gpt.encode_splits(tokenizer)["val"]
+    torch.manual_seed(0)
+    untrained = gpt.GPT(gpt.GPTConfig.from_sizes(sizes, vocab_size=len(tokenizer)))
+    result = gpt.final_validation(untrained, val_ids, val_chars, sizes.batch_size, batches=5)
+    assert result["nats_per_char"].low > gpt.BASE_NATS_PER_CHAR_BAR + 1.0  # about 2.9: ln(2048) / 2.65

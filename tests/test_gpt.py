@@ -10,8 +10,8 @@ from tqdm.auto import tqdm
 
 from rlhf_helpers.env import get_profile
 from rlhf_helpers.gpt import (
-    GPT, GPTConfig, CausalSelfAttention, cosine_lr, estimate_loss, from_hf_gpt2, get_batch,
-    nats_per_char, to_hf_gpt2, train,
+    GPT, GPTConfig, CausalSelfAttention, configure_optimizers, cosine_lr, estimate_loss, final_validation,
+    from_hf_gpt2, get_batch, nats_per_char, to_hf_gpt2, train,
 )
 
 
@@ -206,6 +206,82 @@ def test_tiny_model_overfits_a_repeated_sequence():
     assert history[-1]["val_loss"] < 0.1 * history[0]["val_loss"]
     assert history[0]["tokens_per_s"] is None and history[-1]["tokens_per_s"] > 0
     assert not model.training
+
+
+def _names(model, params) -> set[str]:
+    ids = {id(p) for p in params}
+    return {name for name, p in model.named_parameters() if id(p) in ids}
+
+
+def test_adamw_alone_decays_matrices_only():
+    model = tiny()
+    (adamw,) = configure_optimizers(model, lr=1e-3)
+    decayed, plain = adamw.param_groups
+    assert _names(model, decayed["params"]) == {n for n, p in model.named_parameters() if p.dim() >= 2}
+    assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
+
+
+def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
+    model = tiny()
+    muon, adamw = configure_optimizers(model, lr=1e-3, muon_lr=5e-3)
+    assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
+    hidden = _names(model, muon.param_groups[0]["params"])
+    assert hidden == {f"transformer.h.{i}.{m}.weight" for i in range(TINY["n_layer"])
+                      for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")}
+    rest = set().union(*(_names(model, g["params"]) for g in adamw.param_groups))
+    assert "transformer.wte.weight" in rest and "transformer.wpe.weight" in rest  # embeddings (and the tied head)
+    assert not hidden & rest and hidden | rest == {n for n, _ in model.named_parameters()}
+    assert muon.param_groups[0]["lr"] == 5e-3 and adamw.param_groups[0]["lr"] == 1e-3
+
+
+def test_both_optimisers_follow_the_schedule_from_their_own_peaks():
+    """After training, each optimiser ends at min_lr / lr of its own peak (here a tenth)."""
+    data = torch.randint(0, 61, (400,))
+    model = tiny()
+    seen = []
+    original = torch.optim.Muon.step
+
+    def spy(self, *args, **kwargs):  # record the learning rate Muon steps with
+        seen.append(self.param_groups[0]["lr"])
+        return original(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.optim.Muon, "step", spy)
+        history = train(model, data, None, steps=20, batch_size=2, lr=1e-3, muon_lr=4e-3, warmup_steps=5,
+                        log_every=100, eval_iters=1)
+    assert seen[0] == pytest.approx(4e-3 / 5) and max(seen) == pytest.approx(4e-3)
+    assert seen[-1] == pytest.approx(4e-3 * cosine_lr(19, 1e-3, 5, 20, 1e-4) / 1e-3)
+    assert history[-1]["lr"] == pytest.approx(cosine_lr(19, 1e-3, 5, 20, 1e-4))
+
+
+def test_muon_learns_a_repeated_sequence_faster_than_chance():
+    """The Muon path trains (the overfitting test above, with Muon on the matrices)."""
+    pattern = torch.tensor([5, 1, 4, 1, 5, 9, 2, 6, 8, 3, 7, 0, 11])
+    data = pattern.repeat(60)
+    model = tiny(vocab_size=12, block_size=12, n_layer=1, n_embd=32)
+    history = train(model, data, None, steps=50, batch_size=8, lr=2e-2, muon_lr=2e-2, log_every=50, eval_iters=2)
+    assert history[-1]["train_loss"] < 0.1 * history[0]["train_loss"]
+
+
+def test_gpu_profile_shapes_take_a_muon_step():
+    """A dry run of the gpu profile's model on the CPU: every shape works with both optimisers."""
+    sizes = get_profile("gpu").gpt
+    assert sizes.muon_lr is not None
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_sizes(sizes, vocab_size=2048))
+    data = torch.randint(0, 2048, (2 * sizes.block_size,))
+    history = train(model, data, None, steps=1, batch_size=1, lr=sizes.lr, muon_lr=sizes.muon_lr,
+                    log_every=1, eval_iters=1)
+    assert math.isfinite(history[-1]["train_loss"])
+
+
+def test_final_validation_interval_brackets_the_mean():
+    model = tiny()
+    data = torch.randint(0, 61, (500,))
+    result = final_validation(model, data, val_chars=1000, batch_size=2, batches=10)
+    per_char = result["nats_per_char"]
+    assert per_char.estimate == pytest.approx(result["loss_per_token"] * 500 / 1000)
+    assert per_char.low < per_char.estimate < per_char.high
 
 
 def test_estimate_loss_is_repeatable_and_restores_mode():
