@@ -130,7 +130,7 @@ class BeyondSizes:
     arena_prompts: int  # held-out prompts every model answers in the arena
 
 
-CPU_BEYOND = BeyondSizes(dpo_steps=60, dpo_batch_size=16, dpo_lr=1e-4, dpo_beta=0.1, grpo_steps=30, grpo_prompts=8,
+CPU_BEYOND = BeyondSizes(dpo_steps=60, dpo_batch_size=16, dpo_lr=1e-4, dpo_beta=0.3, grpo_steps=30, grpo_prompts=8,
                          grpo_generations=4, grpo_lr=1e-4, grpo_beta=0.02, max_new_tokens=32, arena_prompts=231)
 
 
