@@ -4,24 +4,31 @@ A base model only continues text. To make it *follow instructions* InstructGPT f
 demonstrations: a prompt a user might write and the response a person would give. Supervised
 fine-tuning (SFT) trains on those pairs, rendered with the chat template.
 
-We have no people writing demonstrations, so we build them from the corpus, in two families:
+We have no people writing demonstrations, so we build them from lines of the corpus, cut after
+three to five words, in two families:
 
-``about``     ``Write a line about love.``                  ->  a real line that contains "love"
-``continue``  ``Continue this line: Then say at once what``  ->  the rest: "thou dost know in this."
+``continue``  ``Continue this line: Then say at once what``     ->  "thou dost know in this."
+``about``     ``Continue this line about love: Tell me in sadness,``  ->  "who is that you love?"
 
 Each family also has a *programmatic check*: ``follows(prompt, response)`` says whether any
-response (a demonstration, or text the model wrote) obeys its instruction. That is what lets the
-course *measure* alignment: the instruction-following rate before and after SFT, and the part of
-the gold utility of lesson 05 that rewards doing what was asked.
+response (a demonstration, or text the model wrote) obeys its instruction. A response follows
+when it is one line of sane length, carries on from the opening instead of repeating it, is made
+of the corpus's words (at least ``MIN_REAL_SHARE`` of them occur in the training text, so
+invented words such as "tading" or "cretful" fail it), and, for ``about``, contains the topic
+word. That is what lets the course *measure* alignment: the instruction-following rate before and
+after SFT, and the part of the gold utility of lesson 05 that rewards doing what was asked.
+
+The topics are the twelve words of ``TOPICS``, common in every play. An earlier version of the
+course asked for a line about *any* word and held some topics out; a model of a million
+parameters never learned to copy an unseen word from the prompt into its answer (0 % after SFT,
+even at five times the steps), so the family taught nothing. Now a topic is one of a few words the
+model meets in training, and what is new at evaluation time is the opening.
 
 Two splits, which share no prompt:
 
-- ``train``:   tasks built from the training split of the corpus, on the topics ``TRAIN_TOPICS``;
-- ``heldout``: tasks built from the validation split, on the topics ``HELDOUT_TOPICS``, which
-  never occur in a training prompt. So the held-out rate measures whether the model learned the
-  *instruction* ("put this word in your line") rather than memorised which lines go with which
-  topic. Held-out ``continue`` openings come from lines the model never saw in training, and an
-  opening that also starts a training line is dropped.
+- ``train``:   tasks built from the training split of the corpus;
+- ``heldout``: tasks built from the validation split, which the base model never saw: every
+  opening is new, and an opening that also starts a training line is dropped.
 
 What is left out: real human demonstrations, multi-turn chats, system prompts, and any check of
 meaning (a line "about" love only has to contain the word).
@@ -33,36 +40,24 @@ import functools
 import random
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
+
+from rlhf_helpers import words
 
 SPLITS = ("train", "heldout")
 FAMILIES = ("about", "continue")
 
-# A topic is shown in the prompt as a phrase ("the king") and checked by its last word ("king").
-# Count nouns carry an article so the prompt reads as English. Every word is common in the plays.
-TRAIN_TOPICS = (
-    "love", "death", "life", "grace", "peace", "honour", "news", "hope", "faith", "shame",
-    "truth", "fortune", "joy", "justice", "reason", "mercy", "war", "sorrow", "revenge", "music",
-    "grief", "patience", "power", "money", "pity", "trust", "youth", "age", "health", "nature",
-    "beauty", "virtue", "pride", "danger", "treason", "strength", "silence", "glory", "anger",
-    "liberty", "courage", "valour", "victory", "wisdom", "vengeance", "marriage", "woe", "wit",
-    "fire", "earth", "England", "France", "Rome", "home", "words", "women", "kings", "enemies",
-    "soldiers", "gods", "lips", "fools",
-    "the king", "the queen", "the crown", "the sword", "the sea", "the sun", "the moon",
-    "the tongue", "the prince", "the duke", "the mind", "a father", "a mother", "a daughter",
-    "a brother", "a wife", "a woman", "a villain",
-)
-HELDOUT_TOPICS = (
-    "night", "time", "heaven", "fear", "blood", "eyes", "murder", "hate", "gold", "sleep",
-    "hell", "tears", "the heart", "the soul", "the world", "a friend",
-)
-TOPICS = TRAIN_TOPICS + HELDOUT_TOPICS
+# Twelve words common in every play, so each has held-out lines as well as training lines.
+TOPICS = ("love", "night", "heart", "day", "time", "death", "friend", "heaven", "eyes", "father", "life", "blood")
 
 # A response of sane length: long enough to say something, short enough to be one line.
 MIN_CHARS, MAX_CHARS = 10, 120
+# The share of a response's words that must occur in the training text (see ``words.py``).
+MIN_REAL_SHARE = 0.8
 
-# How many demonstrations per topic (train) and per held-out topic; the continue family gets as
-# many tasks as the about family, so the two are balanced.
-PER_TOPIC = {"train": 40, "heldout": 15}
+# At most this many ``about`` tasks per topic, so that "love", the commonest, does not crowd out
+# the rest; the ``continue`` family gets as many tasks as the ``about`` family.
+PER_TOPIC = {"train": 150, "heldout": 25}
 
 # A "good" line: starts with a capital, ends a sentence, only letters and plain punctuation.
 _GOOD_LINE = re.compile(r"^[A-Z][A-Za-z ,.;:!?'\-]*[.!?]$")
@@ -70,38 +65,38 @@ _SHOUTED = re.compile(r"\b[A-Z]{2,}\b")  # names and titles in capitals: "HAMLET
 _LINE_CHARS = (25, 70)
 _OPENING_WORDS = (3, 4, 5)
 _WORD = re.compile(r"[a-z']+")  # a word of a lower-cased text, apostrophes kept ("o'er")
-_LETTERS = re.compile(r"[a-z]+")  # a run of letters: what ``contains_word`` treats as a word
 
-_ABOUT = re.compile(r"^Write a line about (?:(?:the|a|an) )?(?P<topic>[A-Za-z'\-]+)\.$", re.IGNORECASE)
+_ABOUT = re.compile(r"^Continue this line about (?P<topic>[A-Za-z'\-]+): (?P<opening>\S.*)$", re.IGNORECASE)
 _CONTINUE = re.compile(r"^Continue this line: (?P<opening>\S.*)$", re.IGNORECASE)
+
+
+class Instruction(NamedTuple):
+    """What a prompt asks: its family, the opening to carry on from, and the topic word
+    (``""`` for the ``continue`` family)."""
+
+    family: str
+    opening: str
+    topic: str = ""
 
 
 @dataclass(frozen=True)
 class Task:
-    """One demonstration: the prompt, the response a person would give, and what the check needs.
-
-    ``argument`` is what ``parse_prompt`` recovers from the prompt: the topic word for ``about``,
-    the opening words for ``continue``.
-    """
+    """One demonstration: the prompt, the response a person would give, and what the check needs."""
 
     family: str
     prompt: str
     response: str
-    argument: str
+    opening: str
+    topic: str = ""
 
 
 # --------------------------------------------------------------------------------------------
 # Prompts: writing them, and reading them back.
 # --------------------------------------------------------------------------------------------
 
-def topic_word(topic: str) -> str:
-    """The word a line must contain to be about ``topic``: ``"the king"`` -> ``"king"``."""
-    return topic.split()[-1]
-
-
-def about_prompt(topic: str) -> str:
-    """``"the king"`` -> ``"Write a line about the king."``"""
-    return f"Write a line about {topic}."
+def about_prompt(topic: str, opening: str) -> str:
+    """``("love", "Tell me in sadness,")`` -> ``"Continue this line about love: Tell me in sadness,"``"""
+    return f"Continue this line about {topic}: {opening}"
 
 
 def continue_prompt(opening: str) -> str:
@@ -109,22 +104,22 @@ def continue_prompt(opening: str) -> str:
     return f"Continue this line: {opening}"
 
 
-def parse_prompt(prompt: str) -> tuple[str, str]:
-    """Recover ``(family, argument)`` from a prompt; ``ValueError`` for any other format.
+def parse_prompt(prompt: str) -> Instruction:
+    """Recover what ``prompt`` asks; ``ValueError`` for any other format.
 
-    >>> parse_prompt("Write a line about the king.")
-    ('about', 'king')
+    >>> parse_prompt("Continue this line about love: Tell me in sadness,")
+    Instruction(family='about', opening='Tell me in sadness,', topic='love')
     >>> parse_prompt("Continue this line: Now is the winter")
-    ('continue', 'Now is the winter')
+    Instruction(family='continue', opening='Now is the winter', topic='')
     """
     text = prompt.strip()
     if match := _ABOUT.match(text):
-        return "about", match["topic"]
+        return Instruction("about", match["opening"].strip(), match["topic"].lower())
     if match := _CONTINUE.match(text):
-        return "continue", match["opening"].strip()
+        return Instruction("continue", match["opening"].strip())
     raise ValueError(
-        f"Not a course instruction: {prompt!r}. Expected 'Write a line about <topic>.' "
-        "or 'Continue this line: <opening words>'."
+        f"Not a course instruction: {prompt!r}. Expected 'Continue this line: <opening words>' "
+        "or 'Continue this line about <topic>: <opening words>'."
     )
 
 
@@ -160,20 +155,29 @@ def continues(opening: str, response: str) -> bool:
     return bool(response_words) and not echoes and not set(response_words) <= set(opening_words)
 
 
+def in_real_words(response: str) -> bool:
+    """At least ``MIN_REAL_SHARE`` of the response's words occur in the training text.
+
+    "of our discontent" passes; "of a tading." (one word in three invented) does not, nor does a
+    response with no word at all. Words are counted as in ``words.real_word_rate``.
+    """
+    flags = words.real_flags(response, words.training_vocabulary())
+    return bool(flags) and sum(flags) >= MIN_REAL_SHARE * len(flags)
+
+
 def follows(prompt: str, response: str) -> bool:
     """Whether ``response`` obeys the instruction in ``prompt``.
 
-    ``about``: one line of sane length that contains the topic word (whole word, any case).
-    ``continue``: one line of sane length that carries on from the opening instead of repeating it.
-    A prompt in neither format raises ``ValueError``. Leading and trailing whitespace is ignored,
-    as a model's output often ends with a newline.
+    Every family: one line of sane length (``is_one_sane_line``) that carries on from the opening
+    instead of repeating it (``continues``), in the corpus's words (``in_real_words``). ``about``
+    also needs the topic word (whole word, any case). A prompt in neither format raises
+    ``ValueError``. Leading and trailing whitespace is ignored, as a model's output often ends with
+    a newline.
     """
-    family, argument = parse_prompt(prompt)
-    if not is_one_sane_line(response):
+    family, opening, topic = parse_prompt(prompt)
+    if not (is_one_sane_line(response) and continues(opening, response) and in_real_words(response)):
         return False
-    if family == "about":
-        return contains_word(response, argument)
-    return continues(argument, response)
+    return family == "continue" or contains_word(response, topic)
 
 
 def instruction_following_rate(prompts: list[str], responses: list[str]) -> float:
@@ -245,80 +249,73 @@ def lines(split: str) -> tuple[str, ...]:
     return tuple(line for line in dict.fromkeys(_speech_lines(val_text)) if is_good_line(line) and line not in seen)
 
 
-def topics(split: str) -> tuple[str, ...]:
-    """The topics whose ``about`` prompts belong to ``split``."""
-    _check_split(split)
-    return TRAIN_TOPICS if split == "train" else HELDOUT_TOPICS
-
-
-def _about_tasks(split: str, pool: list[str], rng: random.Random) -> list[Task]:
-    """Up to ``PER_TOPIC[split]`` lines per topic, in pool order; each line serves one task."""
-    wanted = {topic_word(topic).lower() for topic in topics(split)}
-    by_word: dict[str, list[str]] = {word: [] for word in wanted}  # word -> lines that contain it
-    for line in pool:
-        for word in wanted.intersection(_LETTERS.findall(line.lower())):
-            by_word[word].append(line)
-    used: set[str] = set()
-    tasks = []
-    for topic in topics(split):
-        word = topic_word(topic)
-        chosen = [line for line in by_word[word.lower()] if line not in used][: PER_TOPIC[split]]
-        used.update(chosen)
-        tasks += [Task("about", about_prompt(topic), line, word) for line in chosen]
-    pool[:] = [line for line in pool if line not in used]  # the continue family gets the rest
-    rng.shuffle(tasks)
-    return tasks
-
-
 @functools.lru_cache(maxsize=1)
 def _training_openings() -> frozenset[str]:
     """Every opening a training task could use, so no held-out prompt can repeat one."""
     return frozenset(" ".join(line.split()[:k]) for line in lines("train") for k in _OPENING_WORDS)
 
 
-def _split_line(line: str, rng: random.Random) -> tuple[str, str] | None:
-    """Cut a line after 3 to 5 words into (opening, rest); None if no cut leaves a good rest."""
-    words = line.split()
-    cuts = [k for k in _OPENING_WORDS if len(words) - k >= 2 and len(" ".join(words[k:])) >= MIN_CHARS]
-    if not cuts:
-        return None
-    k = rng.choice(cuts)
-    opening, rest = " ".join(words[:k]), " ".join(words[k:])
-    return (opening, rest) if continues(opening, rest) else None
+def _cuts(line: str, rng: random.Random) -> list[tuple[str, str]]:
+    """The ways to cut a line after 3 to 5 words into (opening, rest) that leave a good rest,
+    in random order."""
+    words_ = line.split()
+    ks = [k for k in _OPENING_WORDS if len(words_) - k >= 2 and len(" ".join(words_[k:])) >= MIN_CHARS]
+    rng.shuffle(ks)
+    cuts = [(" ".join(words_[:k]), " ".join(words_[k:])) for k in ks]
+    return [(opening, rest) for opening, rest in cuts if continues(opening, rest)]
 
 
-def _continue_tasks(split: str, pool: list[str], rng: random.Random, count: int) -> list[Task]:
-    """``count`` tasks from lines of ``pool``: the opening is the prompt, the rest the response."""
-    tasks = []
+def _about_task(line: str, rng: random.Random, counts: dict[str, int], cap: int) -> Task | None:
+    """An ``about`` task from ``line``: a cut whose rest, and not its opening, holds a topic that
+    still has room under ``cap``; None if there is none."""
+    for opening, rest in _cuts(line, rng):
+        for topic in TOPICS:
+            if counts[topic] < cap and contains_word(rest, topic) and not contains_word(opening, topic):
+                return Task("about", about_prompt(topic, opening), rest, opening, topic)
+    return None
+
+
+def _tasks_from(split: str, pool: list[str], rng: random.Random) -> tuple[list[Task], list[Task]]:
+    """``(about, continue)`` tasks, one per line of ``pool``: a line with a topic word after its
+    cut serves ``about`` while its topic has room, any other line ``continue``. A task whose
+    response does not follow its own prompt (a held-out line with a word the training text lacks)
+    or whose opening could start a training line (held out only) is skipped."""
+    counts = dict.fromkeys(TOPICS, 0)
+    about, cont = [], []
     for line in pool:
-        if len(tasks) == count:
-            break
-        cut = _split_line(line, rng)
-        if cut is None or (split == "heldout" and cut[0] in _training_openings()):
+        task = _about_task(line, rng, counts, PER_TOPIC[split])
+        if task is None:
+            cuts = _cuts(line, rng)
+            task = Task("continue", continue_prompt(cuts[0][0]), cuts[0][1], cuts[0][0]) if cuts else None
+        if task is None or not follows(task.prompt, task.response):
             continue
-        tasks.append(Task("continue", continue_prompt(cut[0]), cut[1], cut[0]))
-    return tasks
+        if split == "heldout" and task.opening in _training_openings():
+            continue
+        if task.family == "about":
+            counts[task.topic] += 1
+            about.append(task)
+        else:
+            cont.append(task)
+    return about, cont
 
 
 @functools.lru_cache(maxsize=8)
 def _tasks(split: str, seed: int) -> tuple[Task, ...]:
-    """All tasks of a split, the two families interleaved so any prefix is balanced."""
+    """All tasks of a split, the two families interleaved and equally many, so any even prefix
+    is balanced."""
     rng = random.Random(f"{split}-{seed}")  # a private generator: the global one is never touched
     pool = list(lines(split))
     rng.shuffle(pool)
-    about = _about_tasks(split, pool, rng)  # takes its lines out of the pool
-    cont = _continue_tasks(split, pool, rng, count=len(about))
-    interleaved = [task for pair in zip(about, cont) for task in pair]
-    longer = about if len(about) > len(cont) else cont
-    return tuple(interleaved + longer[len(interleaved) // 2 :])
+    about, cont = _tasks_from(split, pool, rng)
+    return tuple(task for pair in zip(about, cont) for task in pair)
 
 
 def make_tasks(split: str, n: int | None = None, seed: int = 0) -> list[Task]:
     """The demonstrations of ``split`` ("train" or "heldout"), the same on every call.
 
-    ``n`` keeps the first ``n`` (families alternate, so any ``n`` is balanced); ``seed`` picks
-    other lines and orders. The two splits share no prompt, whatever the seeds. Building every
-    task takes well under a second once the corpus is cached.
+    ``n`` keeps the first ``n`` (families alternate, so any even ``n`` is balanced); ``seed``
+    picks other lines and orders. The two splits share no prompt, whatever the seeds. Building
+    every task takes a few seconds once the corpus is cached.
     """
     _check_split(split)
     tasks = _tasks(split, seed)

@@ -77,8 +77,7 @@ def tone_score(prompt: str, response: str) -> float:
     The word the instruction asks for never counts: asked for a line about death, saying
     "death" is obedience, not gloom.
     """
-    family, argument = instructions.parse_prompt(prompt)
-    asked = argument.lower() if family == "about" else None
+    asked = instructions.parse_prompt(prompt).topic  # "" for the continue family: matches no word
     words = [w for w in _words(response) if w != asked]
     net = sum(w in POSITIVE_WORDS for w in words) - sum(w in NEGATIVE_WORDS for w in words)
     return max(-1.0, min(1.0, net / TONE_SATURATION))

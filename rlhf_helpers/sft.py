@@ -21,7 +21,7 @@ import torch
 
 from rlhf_helpers import gpt, instructions, lora
 
-SFT_VERSION = 1  # bump when the recipe changes, so cached SFT models are rebuilt
+SFT_VERSION = 2  # bump when the recipe changes, so cached SFT models are rebuilt
 SFT_SEED = 0
 
 
