@@ -56,57 +56,62 @@ def clear_caches() -> None:
 # --------------------------------------------------------------------------------------------
 
 def test_enough_tasks_in_both_families(train, heldout):
-    for tasks, least in ((train, 2000), (heldout, 200)):
+    for tasks, least in ((train, 2000), (heldout, 400)):
         families = Counter(t.family for t in tasks)
         assert set(families) == set(I.FAMILIES)
         assert len(tasks) >= least
         assert families["about"] == families["continue"], families
 
 
-def test_every_topic_has_demonstrations(train, heldout):
+def test_every_topic_has_demonstrations_and_none_crowds_out_the_rest(train, heldout):
     for split, tasks in (("train", train), ("heldout", heldout)):
-        per_topic = Counter(t.argument for t in tasks if t.family == "about")
-        for topic in I.topics(split):
-            assert per_topic[I.topic_word(topic)] >= 8, (split, topic)
-            assert per_topic[I.topic_word(topic)] <= I.PER_TOPIC[split]
+        per_topic = Counter(t.topic for t in tasks if t.family == "about")
+        assert set(per_topic) == set(I.TOPICS), split
+        assert min(per_topic.values()) >= 8, (split, per_topic)
+        assert max(per_topic.values()) <= I.PER_TOPIC[split], (split, per_topic)
 
 
 def test_every_demonstration_follows_its_instruction(train, heldout):
     for task in train + heldout:
         assert I.follows(task.prompt, task.response), task
-        assert I.parse_prompt(task.prompt) == (task.family, task.argument), task
+        assert I.parse_prompt(task.prompt) == (task.family, task.opening, task.topic), task
     assert I.instruction_following_rate([t.prompt for t in heldout], [t.response for t in heldout]) == 1.0
+
+
+def test_about_tasks_ask_for_a_word_that_only_the_answer_holds(train, heldout):
+    for task in train + heldout:
+        if task.family == "about":
+            assert I.contains_word(task.response, task.topic) and not I.contains_word(task.opening, task.topic)
+        else:
+            assert task.topic == ""
 
 
 def test_demonstrations_are_single_corpus_lines(train, heldout):
     for split, tasks in (("train", train), ("heldout", heldout)):
         corpus_lines = set(I.lines(split))
         for task in tasks:
-            line = task.response if task.family == "about" else f"{task.argument} {task.response}"
-            assert line in corpus_lines, (split, task)
+            assert f"{task.opening} {task.response}" in corpus_lines, (split, task)
 
 
-def test_train_and_heldout_share_no_prompt(train, heldout):
+def test_train_and_heldout_share_no_prompt_and_no_opening(train, heldout):
     assert not {t.prompt for t in train} & {t.prompt for t in heldout}
+    assert not {t.opening for t in train} & {t.opening for t in heldout}
     # whatever the seeds
     assert not {t.prompt for t in I.make_tasks("train", seed=1)} & {t.prompt for t in I.make_tasks("heldout", seed=2)}
 
 
-def test_heldout_responses_are_unseen_text(train, heldout):
+def test_heldout_lines_are_unseen_text(train, heldout):
     """Held-out tasks come from the validation split, minus any line the training text also has."""
     assert not set(I.lines("train")) & set(I.lines("heldout"))
-    assert not {t.response for t in train} & {t.response for t in heldout if t.family == "about"}
+    whole = lambda tasks: {f"{t.opening} {t.response}" for t in tasks}
+    assert not whole(train) & whole(heldout)  # a short rest ("I am in love.") may end lines of both
 
 
-def test_heldout_topics_are_new_yet_known_words(module_artifacts):
-    """No held-out topic is a training topic (not even a plural of one), yet each is common text."""
-    train_words = {I.topic_word(t).lower() for t in I.TRAIN_TOPICS}
-    heldout_words = {I.topic_word(t).lower() for t in I.HELDOUT_TOPICS}
-    for new in heldout_words:
-        assert not any(old.startswith(new) or new.startswith(old) for old in train_words), new
-    lines_with = Counter(w for line in I.lines("train") for w in set(re.findall(r"[a-z]+", line.lower())))
-    for word in heldout_words:
-        assert lines_with[word] >= 20, f"{word!r} is in only {lines_with[word]} training lines"
+def test_topics_are_common_in_both_splits(module_artifacts):
+    lines_with = {split: Counter(w for line in I.lines(split) for w in set(re.findall(r"[a-z]+", line.lower())))
+                  for split in I.SPLITS}
+    for topic in I.TOPICS:
+        assert lines_with["train"][topic] >= 80 and lines_with["heldout"][topic] >= 10, topic
 
 
 def test_same_tasks_on_every_call_and_no_global_randomness(train):
@@ -150,15 +155,18 @@ def test_rendered_chats_fit_the_context(tok, train, heldout):
     assert lengths[-1] < 128, "every demonstration must fit the course GPT's block size"
 
 
+ABOUT_LOVE = "Continue this line about love: Tell me in sadness,"
+LOVE_TASK = I.Task("about", ABOUT_LOVE, "who is that you love?", "Tell me in sadness,", "love")
+
+
 def test_to_messages_renders_chatml(tok):
-    task = I.Task("about", "Write a line about love.", "Love is a smoke made with the fume of sighs.", "love")
-    assert I.to_messages(task) == [
-        {"role": "user", "content": "Write a line about love."},
-        {"role": "assistant", "content": "Love is a smoke made with the fume of sighs."},
+    assert I.to_messages(LOVE_TASK) == [
+        {"role": "user", "content": ABOUT_LOVE},
+        {"role": "assistant", "content": "who is that you love?"},
     ]
-    assert tok.apply_chat_template(I.to_messages(task), tokenize=False) == (
-        "<|im_start|>user\nWrite a line about love.<|im_end|>\n"
-        "<|im_start|>assistant\nLove is a smoke made with the fume of sighs.<|im_end|>\n"
+    assert tok.apply_chat_template(I.to_messages(LOVE_TASK), tokenize=False) == (
+        f"<|im_start|>user\n{ABOUT_LOVE}<|im_end|>\n"
+        "<|im_start|>assistant\nwho is that you love?<|im_end|>\n"
     )
 
 
@@ -168,20 +176,21 @@ def test_to_messages_renders_chatml(tok):
 
 @pytest.mark.parametrize("topic", I.TOPICS)
 def test_about_prompts_round_trip(topic):
-    assert I.parse_prompt(I.about_prompt(topic)) == ("about", I.topic_word(topic))
+    assert I.parse_prompt(I.about_prompt(topic, "Now is the winter")) == ("about", "Now is the winter", topic)
 
 
 @pytest.mark.parametrize("opening", ["Now is the winter", "O, what a", "'Tis time must do.", "Fate, show thy force:"])
 def test_continue_prompts_round_trip(opening):
-    assert I.parse_prompt(I.continue_prompt(opening)) == ("continue", opening)
+    assert I.parse_prompt(I.continue_prompt(opening)) == ("continue", opening, "")
 
 
-def test_parse_prompt_tolerates_whitespace():
-    assert I.parse_prompt("  Write a line about love.\n") == ("about", "love")
+def test_parse_prompt_tolerates_whitespace_and_case():
+    assert I.parse_prompt(f"  {ABOUT_LOVE}\n") == ("about", "Tell me in sadness,", "love")
+    assert I.parse_prompt("Continue this line about Love: Tell me") == ("about", "Tell me", "love")
 
 
 @pytest.mark.parametrize("prompt", [
-    "", "Write a poem about love.", "Write a line about love", "Write a line about two things.",
+    "", "Write a line about love.", "Continue this line about love:", "Continue this line about two things: Now",
     "Continue this line:", "Continue this line:   ", "Tell me a story.", "Continue: Now is the winter",
 ])
 def test_unknown_prompts_raise(prompt):
@@ -195,40 +204,30 @@ def test_unknown_prompts_raise(prompt):
 # The check
 # --------------------------------------------------------------------------------------------
 
-ABOUT_LOVE = "Write a line about love."
-ABOUT_KING = "Write a line about the king."
-
-
 @pytest.mark.parametrize("response", [
-    "Love is a smoke made with the fume of sighs.",
+    "who is that you love?",
     "LOVE, LOVE, nothing but love, still more!",
-    "Love's labour's lost, and all for nothing.",
-    "She loves me not; yet love is all I have.\n",  # a trailing newline is not a second line
-    "   What love is this, that comes so late?   ",
-    "A true-love knot of words.",
+    "my love's labour's lost, and all for nothing.",
+    "she loves me not; yet love is all I have.\n",  # a trailing newline is not a second line
+    "   what love is this, that comes so late?   ",
 ])
-def test_about_accepts_lines_with_the_topic_word(response):
+def test_about_accepts_continuations_with_the_topic_word(response):
     assert I.follows(ABOUT_LOVE, response)
 
 
 @pytest.mark.parametrize("response, why", [
-    ("The fume of sighs is a smoke.", "no topic word"),
-    ("How lovely is the morning light!", "'lovely' is not the word 'love'"),
-    ("She loves me, she loves me not.", "'loves' is not the word 'love'"),
-    ("Gloves and lovers and beloved ones.", "only substrings"),
-    ("Love is a smoke made with\nthe fume of sighs.", "two lines"),
+    ("the fume of sighs is a smoke.", "no topic word"),
+    ("how lovely is the morning light!", "'lovely' is not the word 'love'"),
+    ("she loves me, she loves me not.", "'loves' is not the word 'love'"),
+    ("Tell me in sadness, who is that you love?", "echoes the opening"),
+    ("who is that you love?\nSpeak.", "two lines"),
     ("", "empty"),
-    ("   \n  ", "blank"),
-    ("Love!", "too short"),
-    ("Love " + "and love " * 20, "too long"),
+    ("love!", "too short"),
+    ("love " + "and love " * 20, "too long"),
+    ("my love is cruchow and cretful.", "two invented words in six"),
 ])
 def test_about_rejects(response, why):
     assert not I.follows(ABOUT_LOVE, response), why
-
-
-def test_about_checks_the_word_not_the_article():
-    assert I.follows(ABOUT_KING, "God save the King, and all his men.")
-    assert not I.follows(ABOUT_KING, "The queen is the mother of the realm.")
 
 
 OPENING = "Now is the winter"
@@ -253,14 +252,23 @@ def test_continue_accepts_a_continuation(response):
     ("of our discontent\nMade glorious summer", "two lines"),
     ("of our discontent " * 10, "too long"),
     ("of York.", "too short"),
+    ("of a tading cruchow.", "invented words: two of four"),
+    ("12345 6789 !!!", "no word at all"),
 ])
 def test_continue_rejects(response, why):
     assert not I.follows(CONTINUE, response), why
 
 
+def test_in_real_words_allows_one_invented_word_in_five():
+    assert I.in_real_words("of our discontent and cretful")  # 4 of 5: exactly the bar
+    assert not I.in_real_words("of our cretful discontent")  # 3 of 4
+    assert I.in_real_words("o'er the hills, love's labour")  # fragments ("s") do not count
+    assert not I.in_real_words("...")
+
+
 def test_instruction_following_rate():
     prompts = [ABOUT_LOVE, ABOUT_LOVE, CONTINUE, CONTINUE]
-    responses = ["Love is a smoke made with the fume of sighs.", "A lovely day.", "of our discontent", ""]
+    responses = ["who is that you love?", "a lovely day it is.", "of our discontent", ""]
     assert I.instruction_following_rate(prompts, responses) == 0.5
     with pytest.raises(ValueError, match="pair up"):
         I.instruction_following_rate(prompts, responses[:3])
@@ -269,10 +277,10 @@ def test_instruction_following_rate():
 
 
 def test_rates_by_family_splits_the_rate():
-    tasks = [I.Task("about", "Write a line about love.", "", "love"),
-             I.Task("about", "Write a line about death.", "", "death"),
-             I.Task("continue", "Continue this line: Now is the winter", "", "Now is the winter")]
-    responses = ["My love is like a red rose.", "No word of that here at all.", "of our discontent."]
+    tasks = [LOVE_TASK,
+             I.Task("about", I.about_prompt("death", "Tell me in sadness,"), "", "Tell me in sadness,", "death"),
+             I.Task("continue", CONTINUE, "", OPENING)]
+    responses = ["who is that you love?", "no word of that here at all.", "of our discontent."]
     assert I.rates_by_family(tasks, responses) == {"about": 0.5, "continue": 1.0, "all": 2 / 3}
     assert I.rates_by_family(tasks[:2], responses[:2]) == {"about": 0.5, "all": 0.5}
     with pytest.raises(ValueError, match="pair up"):
