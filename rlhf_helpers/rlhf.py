@@ -77,8 +77,10 @@ def training_prompts() -> list[str]:
 def heldout_prompts(n: int | None = None) -> list[str]:
     """The first ``n`` distinct held-out prompts: what every policy is judged on.
 
-    There are 231: the 16 held-out topics ("Write a line about night.", all among the first 91)
-    and 215 openings to continue. Topics repeat in the task list, openings do not.
+    There are 414, one per held-out task: 207 ``about`` prompts ("Continue this line about heart:
+    Speak, for my") and 207 ``continue`` prompts, alternating, so any even ``n`` is balanced. The
+    topics are the twelve training topics (all twelve appear among the first 95 prompts); what is
+    new is the opening, which no training prompt uses and no prompt repeats.
     """
     prompts = list(dict.fromkeys(task.prompt for task in instructions.make_tasks("heldout")))
     return prompts if n is None else prompts[:n]

@@ -66,7 +66,7 @@ def token_visualiser(segmenters: Mapping[str, Segmenter], text: str = "", rows: 
 Responder = Callable[[str, float, int, int], str]  # (prompt, temperature, top_k, max_new_tokens) -> text
 
 
-def generation_playground(respond: Responder, prompt: str = "Write a line about the sea."):
+def generation_playground(respond: Responder, prompt: str = "Continue this line about love: Tell me in sadness,"):
     """A prompt box, sliders for temperature, top-k and length, a button, and the model's answer.
 
     ``respond`` does the generating, so the same playground serves any model: lesson 03 passes one
@@ -225,7 +225,8 @@ def chat_widget(models: Mapping[str, tuple], temperature: float = 0.7):
     import ipywidgets as widgets
 
     choose = widgets.Dropdown(options=list(models), description="model")
-    box = widgets.Text(placeholder="Write a line about the sea.", layout=widgets.Layout(width="70%"))
+    box = widgets.Text(placeholder="Continue this line about love: Tell me in sadness,",
+                       layout=widgets.Layout(width="70%"))
     send, clear = widgets.Button(description="Send", button_style="primary"), widgets.Button(description="Clear")
     heat = widgets.FloatSlider(value=temperature, min=0.0, max=1.5, step=0.05, description="temperature")
     view = widgets.HTML()

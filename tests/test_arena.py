@@ -8,6 +8,9 @@ import pytest
 from rlhf_helpers import arena, stats
 from rlhf_helpers.arena import Battle
 
+ABOUT_LOVE = "Continue this line about love: Tell me in sadness,"
+ABOUT_NIGHT = "Continue this line about night: I will watch"
+
 
 def test_expected_score_formula():
     assert arena.expected_score(1000, 1000) == 0.5
@@ -105,9 +108,9 @@ def test_distinct_n_on_hand_examples():
 def test_judged_battles_cover_every_pair_and_call_gold_ties_ties():
     from rlhf_helpers.labeler import SimulatedLabeler
 
-    prompts = ["Write a line about love.", "Write a line about the sea."]
-    answers = {"good": ["Sweet love is kind and fair.", "The sea is gentle tonight."],
-               "same": ["Sweet love is kind and fair.", "The sea is gentle tonight."],
+    prompts = [ABOUT_LOVE, ABOUT_NIGHT]
+    answers = {"good": ["sweet love is kind and fair.", "the night is gentle tonight."],
+               "same": ["sweet love is kind and fair.", "the night is gentle tonight."],
                "bad": ["the the the the", "Death and blood."]}
     ended = {name: [True, True] for name in answers}
     battles = arena.judge_battles(prompts, answers, ended, SimulatedLabeler(tau=0.05))
@@ -143,14 +146,17 @@ def test_a_gain_is_significant_only_for_a_real_difference():
 
 
 def test_per_prompt_values_follow_the_answers():
-    prompts = ["Write a line about love.", "Write a line about the sea."]
-    results = {"prompts": prompts, "answers": {"good": ["Sweet love is kind and fair.", "The sea is gentle tonight."],
+    prompts = [ABOUT_LOVE, ABOUT_NIGHT]
+    results = {"prompts": prompts, "answers": {"good": ["sweet love is kind and fair.", "the night is gentle tonight."],
                                                "bad": ["the the the the", "Death and blood."]},
                "ended": {"good": [True, True], "bad": [True, True]}}
-    assert arena.per_prompt(results, "good", "following") == [1.0, 1.0]  # each names its topic
-    assert arena.per_prompt(results, "bad", "following") == [0.0, 0.0]
+    assert arena.per_prompt(results, "good", "following") == [1.0, 1.0]  # each continues, naming its topic
+    assert arena.per_prompt(results, "bad", "following") == [0.0, 0.0]  # neither names its topic
     good, bad = arena.per_prompt(results, "good"), arena.per_prompt(results, "bad")
-    assert len(good) == 2 and all(g > b for g, b in zip(good, bad))
+    # good: follows (1) plus tone: sweet, kind, fair clip to +0.5 ("love" is the topic, not tone);
+    # gentle alone is +0.25. bad: no follows; "the the the the" repeats 2 of its 3 word pairs (-2/3),
+    # "Death and blood." has two gloomy words (-0.5). Both lengths are in the sane range.
+    assert good == pytest.approx([1.5, 1.25]) and bad == pytest.approx([-2 / 3, -0.5])
     with pytest.raises(ValueError, match="metric"):
         arena.per_prompt(results, "good", "elo")
 

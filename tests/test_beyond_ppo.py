@@ -29,8 +29,9 @@ def tiny_model():
     return model, tokenizer
 
 
-PAIRS = [Comparison("Write a line about love.", "Sweet love is kind.", "Love is a plague and a curse upon us."),
-         Comparison("Write a line about the sea.", "The sea is calm.", "Waves."),
+PAIRS = [Comparison("Continue this line about love: Tell me in sadness,", "sweet love is kind.",
+                    "love is a plague and a curse upon us."),
+         Comparison("Continue this line about night: I will watch", "the night is calm.", "Waves."),
          Comparison("Continue this line: Now is the winter", "of our discontent.", "the the the")]
 
 

@@ -11,8 +11,8 @@ from rlhf_helpers.data import load_corpus, train_val_split
 
 MESSAGES = [
     {"role": "system", "content": "You are a helpful poet."},
-    {"role": "user", "content": "Write a line about love."},
-    {"role": "assistant", "content": "Love is a smoke made with the fume of sighs."},
+    {"role": "user", "content": "Continue this line about love: Tell me in sadness,"},
+    {"role": "assistant", "content": "who is that you love?"},
 ]
 
 
@@ -65,12 +65,13 @@ def test_any_text_round_trips(tok, text):
 
 def test_chat_template_renders_chatml(tok):
     prompt = tok.apply_chat_template(MESSAGES[1:2], tokenize=False, add_generation_prompt=True)
-    assert prompt == "<|im_start|>user\nWrite a line about love.<|im_end|>\n<|im_start|>assistant\n"
+    assert prompt == ("<|im_start|>user\nContinue this line about love: Tell me in sadness,<|im_end|>\n"
+                      "<|im_start|>assistant\n")
     full = tok.apply_chat_template(MESSAGES, tokenize=False)
     assert full == (
         "<|im_start|>system\nYou are a helpful poet.<|im_end|>\n"
-        "<|im_start|>user\nWrite a line about love.<|im_end|>\n"
-        "<|im_start|>assistant\nLove is a smoke made with the fume of sighs.<|im_end|>\n"
+        "<|im_start|>user\nContinue this line about love: Tell me in sadness,<|im_end|>\n"
+        "<|im_start|>assistant\nwho is that you love?<|im_end|>\n"
     )
 
 
@@ -79,7 +80,7 @@ def test_chat_template_marks_the_assistants_tokens(tok):
     ids, mask = out["input_ids"], out["assistant_masks"]
     assert len(ids) == len(mask)
     answer = tok.decode([i for i, m in zip(ids, mask) if m])
-    assert answer == "Love is a smoke made with the fume of sighs.<|im_end|>"
+    assert answer == "who is that you love?<|im_end|>"
 
 
 def test_beats_cl100k_at_equal_vocabulary_size_on_held_out_shakespeare(tok, corpus):

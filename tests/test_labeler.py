@@ -7,10 +7,12 @@ import random
 
 import pytest
 
+from rlhf_helpers import instructions as I
 from rlhf_helpers import labeler as L
 
-ABOUT_LOVE = "Write a line about love."
-ABOUT_KING = "Write a line about the king."
+ABOUT_LOVE = "Continue this line about love: Tell me in sadness,"
+ABOUT_NIGHT = "Continue this line about night: I will watch"  # "night" is in neither lexicon
+ABOUT_DEATH = "Continue this line about death: Tell me in sadness,"
 CONTINUE = "Continue this line: Now is the winter"
 
 
@@ -26,36 +28,39 @@ def test_lexicons_are_small_lower_case_and_disjoint():
 
 
 def test_following_the_instruction_earns_its_weight():
-    follows = L.utility_terms(ABOUT_KING, "The king is gone to the wars today.")
-    ignores = L.utility_terms(ABOUT_KING, "The queen is gone to the wars today.")
+    follows = L.utility_terms(ABOUT_NIGHT, "the king is gone to bed this night.")
+    ignores = L.utility_terms(ABOUT_NIGHT, "the king is gone to bed this hour.")  # no topic word
     assert follows["follows"] == L.W_FOLLOWS and ignores["follows"] == 0.0
     assert L.utility_terms(CONTINUE, "of our discontent made glorious.")["follows"] == L.W_FOLLOWS
     assert L.utility_terms(CONTINUE, "Now is the winter of our discontent.")["follows"] == 0.0  # an echo
+    assert L.utility_terms(CONTINUE, "of our cruchow and cretful.")["follows"] == 0.0  # invented words
 
 
 def test_tone_rewards_cheerful_words_and_penalises_gloomy_ones():
-    assert L.tone_score(ABOUT_KING, "The king is in the hall today.") == 0.0
-    assert L.tone_score(ABOUT_KING, "The king is a gentle man.") == 0.5
-    assert L.tone_score(ABOUT_KING, "The sweet king, in joy and peace.") == 1.0  # clipped at 1
-    assert L.tone_score(ABOUT_KING, "The king is a villain.") == -0.5
-    assert L.tone_score(ABOUT_KING, "Death and blood upon the cursed king.") == -1.0  # clipped at -1
-    assert L.tone_score(ABOUT_KING, "A gentle king, a foul deed.") == 0.0  # one of each cancels
-    assert L.tone_score(ABOUT_KING, "The king is lovely and murderous.") == 0.0  # whole words only
-    assert L.tone_score(ABOUT_KING, "Love's KING.") == 0.5  # case and possessives
-    assert L.utility_terms(ABOUT_KING, "The king is a gentle man.")["tone"] == L.W_TONE * 0.5
+    assert L.tone_score(ABOUT_NIGHT, "The king is in the hall today.") == 0.0
+    assert L.tone_score(ABOUT_NIGHT, "The king is a gentle man.") == 0.5
+    assert L.tone_score(ABOUT_NIGHT, "The sweet king, in joy and peace.") == 1.0  # clipped at 1
+    assert L.tone_score(ABOUT_NIGHT, "The king is a villain.") == -0.5
+    assert L.tone_score(ABOUT_NIGHT, "Death and blood upon the cursed king.") == -1.0  # clipped at -1
+    assert L.tone_score(ABOUT_NIGHT, "A gentle king, a foul deed.") == 0.0  # one of each cancels
+    assert L.tone_score(ABOUT_NIGHT, "The king is lovely and murderous.") == 0.0  # whole words only
+    assert L.tone_score(ABOUT_NIGHT, "Love's KING.") == 0.5  # case and possessives
+    assert L.utility_terms(ABOUT_NIGHT, "The king is a gentle man.")["tone"] == L.W_TONE * 0.5
 
 
 def test_the_word_asked_for_is_not_tone():
-    assert L.tone_score("Write a line about death.", "Death comes to all at last.") == 0.0
-    assert L.tone_score("Write a line about death.", "Death comes to the wicked.") == -0.5
-    assert L.tone_score(ABOUT_KING, "Death comes to all at last.") == -0.5
+    assert L.tone_score(ABOUT_DEATH, "Death comes to all at last.") == 0.0
+    assert L.tone_score(ABOUT_DEATH, "Death comes to the wicked.") == -0.5  # "wicked" still counts
+    assert L.tone_score(ABOUT_NIGHT, "Death comes to all at last.") == -0.5  # not asked for: gloom
+    assert L.tone_score(CONTINUE, "Death comes to all at last.") == -0.5  # continue asks for no word
+    assert L.tone_score(ABOUT_LOVE, "my love is sweet.") == 0.5  # "love" is obedience, "sweet" is tone
 
 
 def test_an_unended_response_loses_a_full_point():
     line = "The king is gone to the wars today."
-    assert L.utility_terms(ABOUT_KING, line)["unended"] == 0.0
-    assert L.utility_terms(ABOUT_KING, line, ended=False)["unended"] == -L.W_UNENDED
-    assert L.gold_utility(ABOUT_KING, line) - L.gold_utility(ABOUT_KING, line, ended=False) == pytest.approx(1.0)
+    assert L.utility_terms(ABOUT_NIGHT, line)["unended"] == 0.0
+    assert L.utility_terms(ABOUT_NIGHT, line, ended=False)["unended"] == -L.W_UNENDED
+    assert L.gold_utility(ABOUT_NIGHT, line) - L.gold_utility(ABOUT_NIGHT, line, ended=False) == pytest.approx(1.0)
 
 
 def test_length_penalty_is_zero_in_the_sane_range_and_grows_outside():
@@ -66,7 +71,7 @@ def test_length_penalty_is_zero_in_the_sane_range_and_grows_outside():
     assert L.length_penalty("k" * 10_000) == -1.0  # capped
     assert L.length_penalty("   The king is here.\n") == 0.0  # surrounding whitespace ignored
     long_line = "The king " + "and the queen " * 12 + "are here."
-    assert L.utility_terms(ABOUT_KING, long_line)["length"] < 0
+    assert L.utility_terms(ABOUT_NIGHT, long_line)["length"] < 0
 
 
 def test_repetition_penalty_counts_repeated_word_pairs():
@@ -78,24 +83,28 @@ def test_repetition_penalty_counts_repeated_word_pairs():
 
 
 def test_gold_utility_is_the_sum_of_its_terms_and_prefers_the_good_line():
-    good = "My gentle love is fair and true as day."
+    good = "my gentle love is fair and true as day."
     degenerate = "love love love love"
     for response in (good, degenerate, "", "Mad world, mad kings!"):
         terms = L.utility_terms(ABOUT_LOVE, response)
         assert set(terms) == set(L.WEIGHTS)
         assert L.gold_utility(ABOUT_LOVE, response) == pytest.approx(sum(terms.values()))
+    # good: a real-word continuation holding "love" (follows 1.0); gentle, fair, true are three
+    # cheerful words ("love" is the topic, not tone), clipped to 1, times 0.5; nothing else: 1.5
     assert L.gold_utility(ABOUT_LOVE, good) == pytest.approx(1.5)
+    # degenerate: it still follows (19 characters of a real word, the topic); no tone (only the
+    # topic word); 3 word pairs of which 1 is distinct: repetition 1/3 - 1 = -2/3
     assert L.gold_utility(ABOUT_LOVE, degenerate) == pytest.approx(1 - 2 / 3)
     assert L.gold_utility(ABOUT_LOVE, good) > L.gold_utility(ABOUT_LOVE, degenerate)
     assert L.gold_utility(ABOUT_LOVE, good, ended=False) < L.gold_utility(ABOUT_LOVE, good)
 
 
 def test_gold_utilities_pairs_up_and_checks_lengths():
-    prompts = [ABOUT_LOVE, ABOUT_KING]
+    prompts = [ABOUT_LOVE, ABOUT_NIGHT]
     responses = ["My gentle love is fair.", "The queen sleeps."]
     assert L.gold_utilities(prompts, responses) == [L.gold_utility(p, r) for p, r in zip(prompts, responses)]
     cut_off = L.gold_utilities(prompts, responses, [True, False])[1]
-    assert cut_off == L.gold_utility(ABOUT_KING, responses[1], ended=False)
+    assert cut_off == L.gold_utility(ABOUT_NIGHT, responses[1], ended=False)
     with pytest.raises(ValueError, match="pair up"):
         L.gold_utilities(prompts, responses[:1])
 
@@ -108,6 +117,7 @@ def test_gold_utility_rejects_a_prompt_that_is_not_an_instruction():
 def test_gold_utility_is_fast():
     import time
 
+    L.gold_utility(ABOUT_LOVE, "my love.")  # builds the corpus's vocabulary once, outside the timing
     start = time.perf_counter()
     for _ in range(2000):
         L.gold_utility(ABOUT_LOVE, "My gentle love is fair and true as day, and sweet.")
@@ -136,9 +146,9 @@ def _triples(n: int, seed: int = 0) -> list[tuple[str, str, str]]:
     rng = random.Random(seed)
     triples = []
     for _ in range(n):
-        topic = rng.choice(["love", "the king", "death", "music"])
-        word = topic.split()[-1]
-        triples.append((f"Write a line about {topic}.", _made_up_response(rng, word), _made_up_response(rng, word)))
+        topic = rng.choice(["love", "night", "death", "friend"])  # cheerful, neutral, gloomy, cheerful
+        prompt = I.about_prompt(topic, "Tell me in sadness,")
+        triples.append((prompt, _made_up_response(rng, topic), _made_up_response(rng, topic)))
     return triples
 
 

@@ -6,14 +6,17 @@ import json
 
 import pytest
 
+from rlhf_helpers import instructions as I
 from rlhf_helpers import labeler as L
 from rlhf_helpers import preferences as P
 
-PROMPTS = [f"Write a line about {topic}." for topic in ("love", "the king", "music", "death", "the sea")]
+PROMPTS = [f"Continue this line about {topic}: Tell me in sadness,"
+           for topic in ("love", "night", "friend", "death", "day")]
 
 
 def _responses(prompt: str, k: int) -> list[str]:
-    word = prompt.removeprefix("Write a line about ").rstrip(".").split()[-1]
+    """Odd lines follow (they hold the topic word; gentle and fair add tone), even lines do not."""
+    word = I.parse_prompt(prompt).topic
     return [f"Line {i}: the {word} is gentle and fair." if i % 2 else f"Line {i} has nothing to say."
             for i in range(k)]
 
@@ -122,7 +125,7 @@ def test_preference_dataset_renders_with_the_chat_template():
 
     row = P.to_preference_dataset(_comparisons(2))[0]
     rendered = apply_chat_template(row, tokenizer)
-    assert rendered["prompt"].startswith("<user>Write a line about love.")
+    assert rendered["prompt"].startswith("<user>Continue this line about love: Tell me in sadness,")
     assert rendered["chosen"].startswith("<assistant>") and rendered["rejected"].startswith("<assistant>")
 
 

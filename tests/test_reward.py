@@ -18,12 +18,14 @@ from tests.test_base_artifact import TINY
 
 SIZES = env.RewardSizes(prompts=10, responses_per_prompt=5, max_steps=3, batch_size=4, lr=1e-3)
 TINY_R = dataclasses.replace(TINY, reward=SIZES)
+ABOUT_LOVE = "Continue this line about love: Tell me in sadness,"
+ABOUT_NIGHT = "Continue this line about night: I will watch"
 
 
 def fake_answers(prompt: str, k: int) -> tuple[list[str], list[bool]]:
     """``k`` answers of clearly different gold utility; the last one never ended."""
-    family, argument = labeler.instructions.parse_prompt(prompt)
-    word = argument.split()[-1] if family == "about" else "then"
+    instruction = labeler.instructions.parse_prompt(prompt)
+    word = instruction.topic if instruction.family == "about" else "then"
     pool = [f"My {word} is sweet, kind and true.", f"The {word} of the world is here.",
             f"Death and woe upon the {word}, foul plague.", "Ay.", f"So {word} {word} {word} {word} go on."]
     answers = [pool[i % len(pool)] for i in range(k)]
@@ -139,7 +141,7 @@ def test_comparison_data_drops_unfinished_answers_and_ties_and_splits_by_prompt(
 
 
 def test_comparisons_round_trip_through_jsonl(tmp_path):
-    rows = [Comparison("Write a line about love.", "Love is kind.\nYes", 'He said "no".'),
+    rows = [Comparison(ABOUT_LOVE, "Love is kind.\nYes", 'He said "no".'),
             Comparison("Continue this line: Then", "é ü", "x", "human")]
     reward.write_comparisons(tmp_path / "c.jsonl", rows)
     assert reward.read_comparisons(tmp_path / "c.jsonl") == rows
@@ -149,9 +151,9 @@ def test_comparisons_round_trip_through_jsonl(tmp_path):
 # The reward model and trl.
 # --------------------------------------------------------------------------------------------
 
-PAIRS = [Comparison("Write a line about love.", "My love is sweet and kind.", "Ay."),
+PAIRS = [Comparison(ABOUT_LOVE, "my love is sweet and kind.", "Ay."),
          Comparison("Continue this line: Then say at once", "what thou dost know in this.", "Then say at once."),
-         Comparison("Write a line about the sea.", "The sea is gentle.", "Death and blood upon the sea, woe!")]
+         Comparison(ABOUT_NIGHT, "the night is gentle.", "Death and blood upon the night, woe!")]
 
 
 def test_scores_match_what_trl_trains_on_and_its_loss_is_the_pairwise_loss(tiny_sft, tmp_path):
@@ -227,22 +229,22 @@ def test_the_reward_model_artifact_trains_saves_and_reloads(tiny_pipeline, isola
 
 def write_labels(path, n_good: int, bad_line: str | None = None, heldout_prompt: str | None = None):
     for i in range(n_good):
-        preferences.append_label(path, {"prompt": "Write a line about love.", "a": f"Love {i} is kind.",
+        preferences.append_label(path, {"prompt": ABOUT_LOVE, "a": f"Love {i} is kind.",
                                         "b": f"Hate {i}.", "choice": "a" if i % 2 else "b"})
     if bad_line is not None:
         with open(path, "a", encoding="utf-8") as f:
             f.write(bad_line + "\n")
     if heldout_prompt is not None:
         preferences.append_label(path, {"prompt": heldout_prompt, "a": "x y z", "b": "u v w", "choice": "a"})
-    preferences.append_label(path, {"prompt": "Write a line about love.", "a": "p", "b": "q", "choice": "tie"})
+    preferences.append_label(path, {"prompt": ABOUT_LOVE, "a": "p", "b": "q", "choice": "tie"})
 
 
 def test_own_labels_load_with_a_named_bad_row_and_never_change_the_file(tmp_path, capsys):
     path = tmp_path / "my_labels.jsonl"
-    write_labels(path, reward.MIN_OWN_COMPARISONS, bad_line='{"prompt": "Write a line about love.", "a": 1}',
-                 heldout_prompt="Write a line about the sea.")
+    write_labels(path, reward.MIN_OWN_COMPARISONS, bad_line=json.dumps({"prompt": ABOUT_LOVE, "a": 1}),
+                 heldout_prompt=ABOUT_NIGHT)
     before = path.read_bytes()
-    comparisons = reward.own_comparisons({"Write a line about the sea."}, path)
+    comparisons = reward.own_comparisons({ABOUT_NIGHT}, path)
     out = capsys.readouterr().out
     assert len(comparisons) == reward.MIN_OWN_COMPARISONS and all(c.source == "human" for c in comparisons)
     assert f"line {reward.MIN_OWN_COMPARISONS + 1}: missing field(s) 'b', 'choice'" in out
@@ -279,15 +281,18 @@ def test_mine_trains_on_your_labels_and_new_labels_make_a_new_artifact(tiny_pipe
 # --------------------------------------------------------------------------------------------
 
 def test_accuracies_ceiling_and_calibration():
-    comparisons = [Comparison("Write a line about love.", "My love is sweet.", "The love of it."),  # gold: right
-                   Comparison("Write a line about love.", "The love of it.", "My love is sweet."),  # gold: wrong
-                   Comparison("Write a line about love.", "The love of it.", "The love of that.")]  # gold tie
+    # All six answers follow (real-word continuations holding "love", 10 to 120 characters) and
+    # "love", the topic, is not tone: "My love is sweet." earns 0.5 * (1 cheerful word / 2) = 0.25
+    # more than "The love of it.", which ties with "The love of that." (no tone word in either).
+    comparisons = [Comparison(ABOUT_LOVE, "My love is sweet.", "The love of it."),  # gold: right
+                   Comparison(ABOUT_LOVE, "The love of it.", "My love is sweet."),  # gold: wrong
+                   Comparison(ABOUT_LOVE, "The love of it.", "The love of that.")]  # gold tie
     chosen, rejected = torch.tensor([2.0, 1.0, 0.0]), torch.tensor([0.0, 3.0, -1.0])
     assert reward.accuracy(chosen, rejected) == pytest.approx(2 / 3)
     # pair 1: reward and gold agree; pair 2: the reward prefers the gold-better rejected one; pair 3 is left out
     assert reward.accuracy_against_gold(comparisons, chosen, rejected) == pytest.approx(1.0)
-    gap = abs(reward.gold_differences(comparisons)[0])
-    assert reward.labeler_ceiling(comparisons, tau=0.5) == pytest.approx(labeler.sigmoid(gap / 0.5))
+    assert reward.gold_differences(comparisons) == pytest.approx([0.25, -0.25, 0.0])
+    assert reward.labeler_ceiling(comparisons, tau=0.5) == pytest.approx(labeler.sigmoid(0.25 / 0.5))
     rows = reward.calibration(torch.tensor([3.0, 0.1, -0.2, 2.0]), torch.tensor([0.0, 0.0, 0.0, 4.0]), bins=5)
     assert sum(r["pairs"] for r in rows) == 4
     assert all(0.5 <= r["low"] <= r["confidence"] <= r["high"] <= 1 for r in rows)
@@ -299,7 +304,7 @@ def test_quirk_probes_report_reward_and_gold_changes(tiny_sft):
     tokenizer = tokenizer_of(tiny_sft)
     env.seed_everything(0)
     model = reward.reward_model_from_sft(tiny_sft / "model", tokenizer)
-    prompts = ["Write a line about love.", "Continue this line: Then say at once"]
+    prompts = [ABOUT_LOVE, "Continue this line: Then say at once"]
     responses = ["My love is true and fair.", "what thou dost know in this."]
     probes = reward.quirk_probes(model, tokenizer, prompts, responses, reward.RewardStats(0.0, 2.0))
     assert set(probes) == set(reward.QUIRKS)
@@ -318,10 +323,10 @@ def test_the_labelling_widget_appends_each_answer_and_resumes(tmp_path):
 
     path = tmp_path / "labels" / "my_labels.jsonl"
     path.parent.mkdir()
-    path.write_text('{"prompt": "Write a line about love.", "a": "A0", "b": "B0", "choice": "b"}\nbad row\n')
+    path.write_text(json.dumps({"prompt": ABOUT_LOVE, "a": "A0", "b": "B0", "choice": "b"}) + "\nbad row\n")
     before = path.read_bytes()
-    pairs = [("Write a line about love.", f"A{i}", f"B{i}") for i in range(4)]
-    pairs[0] = ("Write a line about love.", "B0", "A0")  # already answered, shown the other way round
+    pairs = [(ABOUT_LOVE, f"A{i}", f"B{i}") for i in range(4)]
+    pairs[0] = (ABOUT_LOVE, "B0", "A0")  # already answered, shown the other way round
     widget = labelling_widget(pairs, path)
     view, buttons, status, notes = widget.children
     buttons = {b.description: b for b in buttons.children}
@@ -333,7 +338,7 @@ def test_the_labelling_widget_appends_each_answer_and_resumes(tmp_path):
     assert path.read_bytes().startswith(before)  # earlier labels are never rewritten
     report = preferences.load_labels(path)
     assert len(report.comparisons) == 2 and report.ties == 1 and len(report.problems) == 1
-    assert report.comparisons[-1] == Comparison("Write a line about love.", "A1", "B1", "human")
+    assert report.comparisons[-1] == Comparison(ABOUT_LOVE, "A1", "B1", "human")
     # a new widget on the same file carries on where the last one stopped
     again = labelling_widget(pairs, path)
     assert again.children[2].value == "2 labelled, 1 ties, 0 skipped; 1 pairs left"
@@ -360,11 +365,10 @@ def test_a_labels_file_named_from_the_course_folder_is_found_from_lessons(monkey
 def _pairs(n_prompts=30, per_prompt=8):
     from rlhf_helpers.preferences import Comparison
 
-    topics = ["sea", "love", "king", "night", "heart", "crown", "sword", "moon", "rose", "queen", "father",
-              "mother", "son", "daughter", "friend", "soldier", "battle", "peace", "honour", "life", "eyes",
-              "lips", "hand", "sun", "star", "horse", "garden", "music", "winter", "summer"][:n_prompts]
-    return [Comparison(f"Write a line about the {t}.", f"The {t} is gentle and fair tonight.",
-                       f"Fear and grief upon the {t}.", "simulated") for t in topics for _ in range(per_prompt)]
+    openings = ["Tell me in sadness,", "I will watch", "Now is the winter"]
+    prompts = [(t, labeler.instructions.about_prompt(t, o)) for o in openings for t in labeler.instructions.TOPICS]
+    return [Comparison(p, f"the {t} is gentle and fair tonight.", f"fear and grief upon the {t}.", "simulated")
+            for t, p in prompts[:n_prompts] for _ in range(per_prompt)]
 
 
 def test_the_control_fails_the_check_and_a_trained_model_passes_it():
@@ -387,7 +391,7 @@ def test_the_control_fails_the_check_and_a_trained_model_passes_it():
 def test_gold_ties_have_no_right_answer():
     from rlhf_helpers.preferences import Comparison
 
-    pairs = [Comparison("Write a line about the sea.", "The sea.", "The sea!", "simulated")]
+    pairs = [Comparison(ABOUT_NIGHT, "the night.", "the night!", "simulated")]  # both follow, nothing else
     correct, prompts = reward.pair_correct(pairs, torch.tensor([1.0]), torch.tensor([0.0]), against="gold")
     assert correct == [] == prompts
     with pytest.raises(ValueError, match="'labels' or 'gold'"):

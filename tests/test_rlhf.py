@@ -12,10 +12,12 @@ import matplotlib
 import pytest
 import torch
 
-from rlhf_helpers import env, labeler, rlhf, sft
+from rlhf_helpers import env, instructions, labeler, rlhf, sft
 from tests.test_base_artifact import TINY
 
 matplotlib.use("Agg")
+
+ABOUT_LOVE = "Continue this line about love: Tell me in sadness,"
 
 TINY_PPO = dataclasses.replace(TINY, ppo=env.PPOSizes(
     steps=2, batch_size=4, mini_batch_size=2, ppo_epochs=1, lr=1e-3, kl_coef=0.1, max_new_tokens=6, eval_every=1,
@@ -42,7 +44,7 @@ def tiny_reward():
 
 
 def test_the_unended_correction_of_gold_is_exact():
-    prompts = ["Write a line about love.", "Continue this line: Now is the winter", "Write a line about love."]
+    prompts = [ABOUT_LOVE, "Continue this line: Now is the winter", ABOUT_LOVE]
     responses = ["My love is sweet and true.", "of our discontent", "love love love love"]
     ended = [True, False, False]
     metrics = {"gold": sum(rlhf.gold_fn(prompts, responses)) / 3, "end_rate": 1 / 3}
@@ -56,13 +58,16 @@ def test_prompts_settings_and_small_helpers():
     heldout, train = rlhf.heldout_prompts(), rlhf.training_prompts()
     assert len(set(heldout)) == len(heldout) and not set(heldout) & set(train)
     assert rlhf.heldout_prompts(10) == heldout[:10]
+    asked = [instructions.parse_prompt(p) for p in heldout]  # as heldout_prompts says:
+    assert [a.family for a in asked] == ["about", "continue"] * (len(heldout) // 2)  # the families alternate
+    assert len({a.opening for a in asked}) == len(heldout)  # and no opening repeats
     config = rlhf.ppo_config(env.PROFILES["cpu"].ppo, lr=0.5)
     assert (config.batch_size, config.init_kl_coef, config.lr) == (64, env.PROFILES["cpu"].ppo.kl_coef, 0.5)
     assert rlhf.smooth([0.0, 2.0, 4.0], window=2) == [0.0, 1.0, 3.0]
     assert rlhf.peak([{"gold": 1, "step": 0}, {"gold": 3, "step": 1}, {"gold": 3, "step": 2}])["step"] == 1
     shift = rlhf.word_shift(["the king", "the king"], ["sir sir sir", "sir, the king"] * 2, min_count=2)
     assert shift[0] == ("sir", 0, 8)
-    terms = rlhf.mean_utility_terms(["Write a line about love."], ["love love love"], [False])
+    terms = rlhf.mean_utility_terms([ABOUT_LOVE], ["love love love"], [False])
     assert terms["unended"] == -labeler.W_UNENDED and terms["repetition"] == pytest.approx(-0.5)
 
 
@@ -160,7 +165,7 @@ def test_ppo_pipeline_trains_saves_judges_and_reloads(monkeypatch, isolated_arti
     from rlhf_helpers import peft_sft
 
     sft_lora, _ = peft_sft.load_sft_lora()
-    ids = torch.tensor([lora_tokenizer(sft.chat_prompt(lora_tokenizer, "Write a line about love."))["input_ids"]])
+    ids = torch.tensor([lora_tokenizer(sft.chat_prompt(lora_tokenizer, ABOUT_LOVE))["input_ids"]])
     with torch.no_grad():
         with lora_policy.disable_adapter():
             reference_logits = lora_policy(input_ids=ids).logits

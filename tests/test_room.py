@@ -6,10 +6,10 @@ import pytest
 
 from rlhf_helpers import labeler, preferences, room
 
-PROMPT = "Write a line about the sea."
-KIND = "The sea is gentle and fair tonight."       # gold: follows, cheerful
-GRIM = "Death and blood upon the sea."             # gold: follows, gloomy
-OFF = "My lord, I come."                           # gold: does not follow
+PROMPT = "Continue this line about night: I will watch"
+KIND = "the night is gentle and fair tonight."     # gold 1.5: follows (1), cheerful: gentle, fair (+0.5)
+GRIM = "Death and blood upon the night."           # gold 0.5: follows (1), gloomy: death, blood (-0.5)
+OFF = "My lord, I come."                           # gold 0: no "night", so it does not follow; no tone
 
 
 def label(path, a, b, choice, **extra):
@@ -67,8 +67,9 @@ def test_report_measures_agreement_with_each_other_gold_and_the_simulated_labele
     assert report.pairs == 2 and report.shared_pairs == 2 and report.labels == 9  # a skip answers nothing
     rows = {r.annotator: r for r in report.annotators}
     assert rows["alice"].with_gold == 1.0 and rows["carol"].with_gold == 0.5
-    d = labeler.gold_utility(PROMPT, KIND) - labeler.gold_utility(PROMPT, GRIM)
-    assert rows["carol"].with_simulated == pytest.approx((labeler.sigmoid(-d / 0.5) + labeler.sigmoid(1.5 / 0.5)) / 2)
+    # carol's two pairs: GRIM over KIND, against a gold gap of 1.5 - 0.5 = 1.0, and KIND over OFF,
+    # with it, by 1.5 - 0 = 1.5 (the gold utilities are worked out beside KIND, GRIM and OFF)
+    assert rows["carol"].with_simulated == pytest.approx((labeler.sigmoid(-1.0 / 0.5) + labeler.sigmoid(1.5 / 0.5)) / 2)
     assert report.cohen["alice", "bob"] == (1.0, 2)
     assert report.cohen["alice", "carol"][0] < 1.0
     assert "Fleiss' kappa" in report.text() and "carol" in report.text()
@@ -119,7 +120,8 @@ def test_votes_merge_like_labels_and_give_a_human_elo_beside_the_simulated_one(t
     files = []
     for name in ("dana", "eli"):
         own = tmp_path / f"{name}-votes.jsonl"
-        room.append_vote(own, arena.Battle("ppo", "sft", "a", "Write a line about love."))  # PPO over SFT
+        love = "Continue this line about love: Tell me in sadness,"
+        room.append_vote(own, arena.Battle("ppo", "sft", "a", love))  # PPO over SFT
         room.append_vote(own, arena.Battle("base", "sft", "b", "Continue this line: O Romeo"))  # SFT over base
         exported = tmp_path / f"{name}.jsonl"
         room.export_labels(own, exported, name, room.vote_problem)

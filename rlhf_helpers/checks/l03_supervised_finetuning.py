@@ -34,7 +34,7 @@ def reference_completion_loss(logits: torch.Tensor, labels: torch.Tensor) -> tor
 
 
 _CHATS = (
-    [{"role": "user", "content": "Write a line about love."}],
+    [{"role": "user", "content": "Continue this line about love: Tell me in sadness,"}],
     [{"role": "user", "content": "Continue this line: Now is the winter"},
      {"role": "assistant", "content": "of our discontent."}],
     [{"role": "system", "content": "Answer in verse."}, {"role": "user", "content": "Hi"},
