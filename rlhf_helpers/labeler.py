@@ -11,10 +11,10 @@ The gold utility, term by term (each term's contribution is its weight times its
     U =  1.0 * follows       1 if the response obeys the instruction (``instructions.follows``)
        + 0.5 * tone          net cheerful words, clipped into [-1, 1]
        + 1.0 * unended       -1 if generation was cut off before the response ended
-       + 0.5 * length        0 inside the sane range, down to -1 far outside it
+       + 0.5 * length        0 for a full line (40-120 characters), down to -1 for none or far too long
        + 1.0 * repetition    minus the fraction of repeated word pairs ("love love love" -> -0.5)
 
-so U lies in [-3, 1.5]. A kind line that does what was asked scores 1.25 or 1.5; a degenerate,
+so U lies in [-3, 1.5]. A kind, full line that does what was asked scores 1.25 or 1.5; a degenerate,
 cut-off ramble scores below zero.
 
 The labeler follows the Bradley-Terry model: it prefers ``a`` with probability
@@ -61,6 +61,7 @@ W_REPETITION = 1.0   # "the king the king the king": the classic failure of a sm
 WEIGHTS = {"follows": W_FOLLOWS, "tone": W_TONE, "unended": W_UNENDED,
            "length": W_LENGTH, "repetition": W_REPETITION}
 
+FULL_CHARS = 40      # a full line: shorter answers lose a little (``length_penalty``)
 TONE_SATURATION = 2  # two more cheerful than gloomy words already earn the whole tone term
 DEFAULT_TAU = 0.5    # a starting point only: lesson 05 calibrates tau with ``calibrate_tau``
 
@@ -84,12 +85,16 @@ def tone_score(prompt: str, response: str) -> float:
 
 
 def length_penalty(response: str) -> float:
-    """0 for a response of ``MIN_CHARS`` to ``MAX_CHARS`` characters; below that, the missing
-    fraction of ``MIN_CHARS`` (an empty response: -1); above it, the excess as a fraction of
-    ``MAX_CHARS``, at most -1."""
+    """0 for a full line of ``FULL_CHARS`` to ``MAX_CHARS`` characters. A shorter answer loses the
+    fraction of ``FULL_CHARS`` it lacks (a scrap of 10 characters -0.75, an empty answer -1); a
+    longer one, the excess as a fraction of ``MAX_CHARS``, at most -1.
+
+    The labeler prefers a full line to a scrap, a little: with the term's weight, a 30-character
+    answer costs 0.125. Because the term moves with every character, two answers rarely tie.
+    """
     n = len(response.strip())
-    if n < instructions.MIN_CHARS:
-        return -(instructions.MIN_CHARS - n) / instructions.MIN_CHARS
+    if n < FULL_CHARS:
+        return -(FULL_CHARS - n) / FULL_CHARS
     if n > instructions.MAX_CHARS:
         return -min(1.0, (n - instructions.MAX_CHARS) / instructions.MAX_CHARS)
     return 0.0

@@ -154,9 +154,12 @@ def test_per_prompt_values_follow_the_answers():
     assert arena.per_prompt(results, "bad", "following") == [0.0, 0.0]  # neither names its topic
     good, bad = arena.per_prompt(results, "good"), arena.per_prompt(results, "bad")
     # good: follows (1) plus tone: sweet, kind, fair clip to +0.5 ("love" is the topic, not tone);
-    # gentle alone is +0.25. bad: no follows; "the the the the" repeats 2 of its 3 word pairs (-2/3),
-    # "Death and blood." has two gloomy words (-0.5). Both lengths are in the sane range.
-    assert good == pytest.approx([1.5, 1.25]) and bad == pytest.approx([-2 / 3, -0.5])
+    # gentle alone is +0.25; both are 28 characters, short of a full line: -(40-28)/40 * 0.5 = -0.15.
+    # So 1 + 0.5 - 0.15 = 1.35 and 1 + 0.25 - 0.15 = 1.1.
+    # bad: no follows; "the the the the" repeats 2 of its 3 word pairs (-2/3) and has 15 characters:
+    # -(40-15)/40 * 0.5 = -0.3125; "Death and blood." has two gloomy words (-0.5) and 16 characters:
+    # -(40-16)/40 * 0.5 = -0.3, so -0.8.
+    assert good == pytest.approx([1.35, 1.1]) and bad == pytest.approx([-2 / 3 - 0.3125, -0.8])
     with pytest.raises(ValueError, match="metric"):
         arena.per_prompt(results, "good", "elo")
 

@@ -15,6 +15,11 @@ ABOUT_NIGHT = "Continue this line about night: I will watch"  # "night" is in ne
 ABOUT_DEATH = "Continue this line about death: Tell me in sadness,"
 CONTINUE = "Continue this line: Now is the winter"
 
+# Two answers that tie in gold utility under ABOUT_LOVE: each follows (a real-word line holding
+# "love", carrying on from "Tell me in sadness,"), has no tone word ("love" is the topic), repeats
+# no word pair, and is a full line (45 and 47 characters: length 0). U = 1 + 0 + 0 + 0 + 0 = 1.0 each.
+TIE = ("My love is here, and the king is at the gate.", "Your love is here, and the king is at the gate.")
+
 
 # --------------------------------------------------------------------------------------------
 # The gold utility, term by term.
@@ -64,14 +69,31 @@ def test_an_unended_response_loses_a_full_point():
 
 
 def test_length_penalty_is_zero_in_the_sane_range_and_grows_outside():
-    assert L.length_penalty("The king is here.") == 0.0
-    assert L.length_penalty("") == -1.0
-    assert L.length_penalty("King.") == pytest.approx(-0.5)  # 5 of the 10 characters needed
-    assert L.length_penalty("k" * 180) == pytest.approx(-0.5)  # 60 characters over 120
-    assert L.length_penalty("k" * 10_000) == -1.0  # capped
-    assert L.length_penalty("   The king is here.\n") == 0.0  # surrounding whitespace ignored
-    long_line = "The king " + "and the queen " * 12 + "are here."
-    assert L.utility_terms(ABOUT_NIGHT, long_line)["length"] < 0
+    full = "The king is gone to the wars today, sir."  # 40 characters: the shortest full line
+    # a full line, 40 to 120 characters, costs nothing
+    assert L.length_penalty(full) == 0.0  # 40 chars: 0
+    assert L.length_penalty("k" * 80) == 0.0  # 80 chars: 0
+    assert L.length_penalty("k" * 120) == 0.0  # 120 chars: 0, the longest full line
+    # shorter: the fraction of 40 it lacks
+    assert L.length_penalty(full[:-1]) == pytest.approx(-0.025)  # 39 chars: -(40-39)/40 = -0.025
+    assert L.length_penalty("k" * 30) == pytest.approx(-0.25)  # 30 chars: -(40-30)/40 = -0.25
+    assert L.length_penalty("The king is here.") == pytest.approx(-0.575)  # 17 chars: -(40-17)/40 = -0.575
+    assert L.length_penalty("King Lear.") == pytest.approx(-0.75)  # 10 chars: -(40-10)/40 = -0.75
+    assert L.length_penalty("King.") == pytest.approx(-0.875)  # 5 chars: -(40-5)/40 = -0.875
+    assert L.length_penalty("") == -1.0  # 0 chars: -(40-0)/40 = -1
+    # longer: the excess as a fraction of 120, capped at -1
+    assert L.length_penalty("k" * 121) == pytest.approx(-1 / 120)  # 121 chars: -(121-120)/120
+    assert L.length_penalty("k" * 180) == pytest.approx(-0.5)  # 180 chars: -(180-120)/120 = -0.5
+    assert L.length_penalty("k" * 240) == -1.0  # 240 chars: -(240-120)/120 = -1, the cap
+    assert L.length_penalty("k" * 10_000) == -1.0  # 10,000 chars: -(9880/120) capped at -1
+    # surrounding whitespace is ignored (counted, each of these would land elsewhere)
+    assert L.length_penalty("  King Lear. \n") == pytest.approx(-0.75)  # 10 chars, not 14: -(40-10)/40
+    assert L.length_penalty("   " + full[:-1] + "\n") == pytest.approx(-0.025)  # 39 chars, not 43: -(40-39)/40
+    assert L.length_penalty(" " + "k" * 120 + "\n") == 0.0  # 120 chars, not 122: 0
+    # the term enters the utility at weight 0.5
+    assert L.utility_terms(ABOUT_NIGHT, "The king is here.")["length"] == pytest.approx(-0.2875)  # 17 chars: -(40-17)/40 * 0.5
+    long_line = "The king " + "and the queen " * 12 + "are here."  # 9 + 12 * 14 + 9 = 186 characters
+    assert L.utility_terms(ABOUT_NIGHT, long_line)["length"] == pytest.approx(-0.275)  # -(186-120)/120 * 0.5
 
 
 def test_repetition_penalty_counts_repeated_word_pairs():
@@ -83,18 +105,24 @@ def test_repetition_penalty_counts_repeated_word_pairs():
 
 
 def test_gold_utility_is_the_sum_of_its_terms_and_prefers_the_good_line():
-    good = "my gentle love is fair and true as day."
+    good = "my gentle love is fair and true as the day."  # 43 characters: a full line
     degenerate = "love love love love"
     for response in (good, degenerate, "", "Mad world, mad kings!"):
         terms = L.utility_terms(ABOUT_LOVE, response)
         assert set(terms) == set(L.WEIGHTS)
         assert L.gold_utility(ABOUT_LOVE, response) == pytest.approx(sum(terms.values()))
     # good: a real-word continuation holding "love" (follows 1.0); gentle, fair, true are three
-    # cheerful words ("love" is the topic, not tone), clipped to 1, times 0.5; nothing else: 1.5
+    # cheerful words ("love" is the topic, not tone), clipped to 1, times 0.5; 43 characters is a
+    # full line (length 0); no repeated pair: 1 + 0.5 + 0 + 0 + 0 = 1.5
     assert L.gold_utility(ABOUT_LOVE, good) == pytest.approx(1.5)
+    # the same line one word shorter ("as day.", 39 characters) loses -(40-39)/40 * 0.5 = 0.0125
+    assert L.gold_utility(ABOUT_LOVE, "my gentle love is fair and true as day.") == pytest.approx(1.4875)
     # degenerate: it still follows (19 characters of a real word, the topic); no tone (only the
-    # topic word); 3 word pairs of which 1 is distinct: repetition 1/3 - 1 = -2/3
-    assert L.gold_utility(ABOUT_LOVE, degenerate) == pytest.approx(1 - 2 / 3)
+    # topic word); 3 word pairs of which 1 is distinct: repetition 1/3 - 1 = -2/3; 19 characters:
+    # length -(40-19)/40 * 0.5 = -0.2625. U = 1 - 2/3 - 0.2625
+    assert L.gold_utility(ABOUT_LOVE, degenerate) == pytest.approx(1 - 2 / 3 - 0.2625)
+    # empty: does not follow (too short), no tone, no pairs; length -(40-0)/40 * 0.5 = -0.5
+    assert L.gold_utility(ABOUT_LOVE, "") == pytest.approx(-0.5)
     assert L.gold_utility(ABOUT_LOVE, good) > L.gold_utility(ABOUT_LOVE, degenerate)
     assert L.gold_utility(ABOUT_LOVE, good, ended=False) < L.gold_utility(ABOUT_LOVE, good)
 
@@ -165,7 +193,12 @@ def test_labeler_probability_follows_bradley_terry():
     assert labeler.prob_prefers_a(ABOUT_LOVE, good, bad) == pytest.approx(L.sigmoid(difference / 0.5))
     p_good, p_bad = labeler.prob_prefers_a(ABOUT_LOVE, good, bad), labeler.prob_prefers_a(ABOUT_LOVE, bad, good)
     assert p_good > 0.5 and p_good + p_bad == pytest.approx(1)
-    assert labeler.prob_prefers_a(ABOUT_LOVE, "My love is here.", "Your love is here.") == 0.5  # a tie
+    assert labeler.prob_prefers_a(ABOUT_LOVE, *TIE) == 0.5  # a tie: U = 1.0 for both (see TIE)
+    # no longer a tie: both follow with no tone or repetition, but 16 characters cost
+    # -(40-16)/40 * 0.5 = -0.3 (U = 0.7) and 18 cost -(40-18)/40 * 0.5 = -0.275 (U = 0.725):
+    # P = sigmoid((0.7 - 0.725) / 0.5) = sigmoid(-0.05)
+    assert labeler.prob_prefers_a(ABOUT_LOVE, "My love is here.", "Your love is here.") == pytest.approx(
+        1 / (1 + math.exp(0.05)))
     assert labeler.prob_prefers_a(ABOUT_LOVE, good, good, ended=(True, False)) > 0.5
 
 
@@ -191,7 +224,7 @@ def test_labeler_is_reproducible_and_leaves_the_global_rng_alone():
 
 def test_ties_are_a_coin_toss():
     labeler = L.SimulatedLabeler(tau=0.01, seed=0)
-    choices = [labeler.compare(ABOUT_LOVE, "My love is here.", "Your love is here.") for _ in range(2000)]
+    choices = [labeler.compare(ABOUT_LOVE, *TIE) for _ in range(2000)]  # U = 1.0 for both (see TIE)
     assert 0.45 < sum(choices) / len(choices) < 0.55
 
 
@@ -213,7 +246,7 @@ def test_measured_agreement_matches_the_expected_agreement():
 
 
 def test_agreement_needs_a_gold_ordering():
-    tie = [(ABOUT_LOVE, "My love is here.", "Your love is here.")]
+    tie = [(ABOUT_LOVE, *TIE)]  # U = 1.0 for both (see TIE)
     with pytest.raises(ValueError, match="tie"):
         L.agreement_with_gold(L.SimulatedLabeler(), tie)
     with pytest.raises(ValueError, match="zero"):

@@ -281,12 +281,14 @@ def test_mine_trains_on_your_labels_and_new_labels_make_a_new_artifact(tiny_pipe
 # --------------------------------------------------------------------------------------------
 
 def test_accuracies_ceiling_and_calibration():
-    # All six answers follow (real-word continuations holding "love", 10 to 120 characters) and
-    # "love", the topic, is not tone: "My love is sweet." earns 0.5 * (1 cheerful word / 2) = 0.25
-    # more than "The love of it.", which ties with "The love of that." (no tone word in either).
-    comparisons = [Comparison(ABOUT_LOVE, "My love is sweet.", "The love of it."),  # gold: right
-                   Comparison(ABOUT_LOVE, "The love of it.", "My love is sweet."),  # gold: wrong
-                   Comparison(ABOUT_LOVE, "The love of it.", "The love of that.")]  # gold tie
+    # All three answers follow (real-word continuations holding "love"), repeat no word pair, and
+    # are full lines (46, 44 and 46 characters: length 0); "love", the topic, is not tone. So
+    # sweet = 1 + 0.5 * (1 cheerful word / 2) = 1.25, and it = that = 1.0 (no tone word): a tie.
+    sweet = "My love is sweet, and the king is at the gate."
+    it, that = "The love of it, and the king is at the gate.", "The love of that, and the king is at the gate."
+    comparisons = [Comparison(ABOUT_LOVE, sweet, it),  # gold: right, 1.25 - 1.0 = 0.25
+                   Comparison(ABOUT_LOVE, it, sweet),  # gold: wrong, 1.0 - 1.25 = -0.25
+                   Comparison(ABOUT_LOVE, it, that)]  # gold tie, 1.0 - 1.0 = 0
     chosen, rejected = torch.tensor([2.0, 1.0, 0.0]), torch.tensor([0.0, 3.0, -1.0])
     assert reward.accuracy(chosen, rejected) == pytest.approx(2 / 3)
     # pair 1: reward and gold agree; pair 2: the reward prefers the gold-better rejected one; pair 3 is left out

@@ -7,9 +7,10 @@ import pytest
 from rlhf_helpers import labeler, preferences, room
 
 PROMPT = "Continue this line about night: I will watch"
-KIND = "the night is gentle and fair tonight."     # gold 1.5: follows (1), cheerful: gentle, fair (+0.5)
-GRIM = "Death and blood upon the night."           # gold 0.5: follows (1), gloomy: death, blood (-0.5)
-OFF = "My lord, I come."                           # gold 0: no "night", so it does not follow; no tone
+# Gold utilities by hand; the length term is -(40 - characters) / 40 * 0.5 below a full line of 40.
+KIND = "the night is gentle and fair tonight."     # gold 1.4625: follows (1), cheerful: gentle, fair (+0.5), 37 chars: -(40-37)/40 * 0.5 = -0.0375
+GRIM = "Death and blood upon the night."           # gold 0.3875: follows (1), gloomy: death, blood (-0.5), 31 chars: -(40-31)/40 * 0.5 = -0.1125
+OFF = "My lord, I come."                           # gold -0.3: no "night", so it does not follow; no tone; 16 chars: -(40-16)/40 * 0.5 = -0.3
 
 
 def label(path, a, b, choice, **extra):
@@ -67,9 +68,9 @@ def test_report_measures_agreement_with_each_other_gold_and_the_simulated_labele
     assert report.pairs == 2 and report.shared_pairs == 2 and report.labels == 9  # a skip answers nothing
     rows = {r.annotator: r for r in report.annotators}
     assert rows["alice"].with_gold == 1.0 and rows["carol"].with_gold == 0.5
-    # carol's two pairs: GRIM over KIND, against a gold gap of 1.5 - 0.5 = 1.0, and KIND over OFF,
-    # with it, by 1.5 - 0 = 1.5 (the gold utilities are worked out beside KIND, GRIM and OFF)
-    assert rows["carol"].with_simulated == pytest.approx((labeler.sigmoid(-1.0 / 0.5) + labeler.sigmoid(1.5 / 0.5)) / 2)
+    # carol's two pairs: GRIM over KIND, against a gold gap of 1.4625 - 0.3875 = 1.075, and KIND over
+    # OFF, with it, by 1.4625 - (-0.3) = 1.7625 (the gold utilities are worked out beside KIND, GRIM and OFF)
+    assert rows["carol"].with_simulated == pytest.approx((labeler.sigmoid(-1.075 / 0.5) + labeler.sigmoid(1.7625 / 0.5)) / 2)
     assert report.cohen["alice", "bob"] == (1.0, 2)
     assert report.cohen["alice", "carol"][0] < 1.0
     assert "Fleiss' kappa" in report.text() and "carol" in report.text()
