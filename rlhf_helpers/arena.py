@@ -23,7 +23,7 @@ K the two agree closely.
 
 Everything about ratings and rates is a pure function of a list of battles, so it is unit-tested.
 
-**Intervals.** 120 or 231 prompts are a sample, so every figure carries noise. A model's gain over
+**Intervals.** The 400 prompts of the evaluation protocol are a sample, so every figure carries noise. A model's gain over
 SFT is a *paired* bootstrap over prompts (``gain_over``: both answered the same prompts, so what
 the prompts have in common cancels), and a rating's interval resamples whole prompts with their
 battles and replays them (``elo_intervals``). Two models are ranked only where the interval of
@@ -272,12 +272,12 @@ def load_models(names=MODELS) -> dict:
 
 def arena_config(profile=None) -> dict:
     """What the ``arena`` artifact depends on: every model's artifact and the arena's sizes."""
-    from rlhf_helpers import beyond_ppo, rlhf
+    from rlhf_helpers import beyond_ppo, evaluation, rlhf
     from rlhf_helpers.env import get_profile
 
     profile = profile or get_profile()
     return {"beyond": beyond_ppo.beyond_config(profile), "ppo": rlhf.ppo_artifact_config(profile),
-            "ppo_sizes": asdict(profile.ppo), "prompts": profile.beyond.arena_prompts, "models": list(MODELS),
+            "ppo_sizes": asdict(profile.ppo), "evaluation": evaluation.protocol(profile), "models": list(MODELS),
             "elo_k": ELO_K, "permutations": ELO_PERMUTATIONS, "seed": ARENA_SEED, "version": ARENA_VERSION}
 
 
@@ -287,7 +287,7 @@ def run_arena(models: dict, prompts: list[str], progress=None) -> dict:
     from rlhf_helpers.env import get_profile
 
     start = time.perf_counter()
-    config = rlhf.ppo_config(get_profile().ppo)  # sample as lesson 06 judged: temperature 0.7, 32 tokens
+    config = rlhf.ppo_config(get_profile().ppo)  # judged as lesson 06 judged (the evaluation protocol)
     judge = rlhf.load_judge()
     sft_model = models["sft"][0]
     if progress is not None:
@@ -313,10 +313,10 @@ def run_arena(models: dict, prompts: list[str], progress=None) -> dict:
 
 
 def _build_arena(folder: Path, progress) -> None:
-    from rlhf_helpers import rlhf
+    from rlhf_helpers import evaluation
     from rlhf_helpers.env import get_profile
 
-    result = run_arena(load_models(), rlhf.heldout_prompts(get_profile().beyond.arena_prompts), progress)
+    result = run_arena(load_models(), evaluation.prompts(get_profile().eval_prompts), progress)
     (folder / "arena.json").write_text(json.dumps(result, indent=1, ensure_ascii=False))
 
 

@@ -118,9 +118,8 @@ def beyond_config(profile=None) -> dict:
     from rlhf_helpers.env import get_profile
 
     profile = profile or get_profile()
-    training = {key: value for key, value in asdict(profile.beyond).items() if key != "arena_prompts"}  # judging only
     return {"sft": sft.sft_config(profile), "reward": reward.reward_config(profile),
-            "beyond": training, "version": BEYOND_VERSION}
+            "beyond": asdict(profile.beyond), "version": BEYOND_VERSION}
 
 
 def _save(folder: Path, model, tokenizer, logs: list[dict], figures: dict) -> None:

@@ -55,19 +55,19 @@ class SFTSizes:
     max_steps: int
     batch_size: int
     lr: float
-    eval_prompts: int  # held-out prompts generated for the instruction-following rate
 
 
 @dataclass(frozen=True)
 class PEFTSizes:
     """Lesson 04's parameter-efficient fine-tuning: the LoRA run, the rank sweep, the other methods."""
 
-    max_steps: int
+    max_steps: int  # the ``sft_lora`` adapter: as many steps as full SFT, for a fair comparison
+    sweep_steps: int  # each run of the comparison (ranks, IA3, prompt tuning): shorter, to fit the lesson
     batch_size: int
     lr: float  # adapters start from zero and are few: they take a larger learning rate than SFT
     r: int  # the rank of the ``sft_lora`` adapter
     alpha: int
-    ranks: tuple[int, ...]  # the rank sweep, besides ``r``
+    ranks: tuple[int, ...]  # the rank sweep, with ``r``
     virtual_tokens: int  # prompt tuning's learned prefix length
 
 
@@ -99,8 +99,7 @@ class PPOSizes:
     kl_coef: float  # beta of the ``ppo`` run: the price of a nat of KL from the SFT model
     max_new_tokens: int
     eval_every: int  # judge the policy on ``checkpoint_prompts`` held-out prompts every so many steps
-    checkpoint_prompts: int
-    eval_prompts: int  # held-out prompts of the final judgement, SFT model versus PPO policy
+    checkpoint_prompts: int  # the first prompts of the evaluation protocol's set (``evaluation.prompts``)
     overopt_betas: tuple[float, ...]  # one run from the SFT model per beta, each ``overopt_steps`` long
     overopt_lr: float  # those runs go further, faster: a larger learning rate
     overopt_steps: int
@@ -109,7 +108,7 @@ class PPOSizes:
 
 # ~65 s for the ppo run and ~135 s for the over-optimisation run on one core of a 2-core laptop
 CPU_PPO = PPOSizes(steps=20, batch_size=64, mini_batch_size=16, ppo_epochs=2, lr=2e-4, kl_coef=0.1, max_new_tokens=32,
-                   eval_every=5, checkpoint_prompts=120, eval_prompts=231, overopt_betas=(0.0,), overopt_lr=5e-4,
+                   eval_every=5, checkpoint_prompts=120, overopt_betas=(0.0,), overopt_lr=5e-4,
                    overopt_steps=30, overopt_eval_every=3)
 
 
@@ -127,11 +126,10 @@ class BeyondSizes:
     grpo_lr: float
     grpo_beta: float  # GRPO's KL coefficient
     max_new_tokens: int
-    arena_prompts: int  # held-out prompts every model answers in the arena
 
 
 CPU_BEYOND = BeyondSizes(dpo_steps=60, dpo_batch_size=16, dpo_lr=1e-4, dpo_beta=0.3, grpo_steps=30, grpo_prompts=8,
-                         grpo_generations=4, grpo_lr=1e-4, grpo_beta=0.02, max_new_tokens=32, arena_prompts=231)
+                         grpo_generations=4, grpo_lr=1e-4, grpo_beta=0.02, max_new_tokens=32)
 
 
 @dataclass(frozen=True)
@@ -146,6 +144,9 @@ class Profile:
     reward: RewardSizes = CPU_REWARD
     ppo: PPOSizes = CPU_PPO
     beyond: BeyondSizes = CPU_BEYOND
+    # held-out prompts every model is judged on (``evaluation``): 200 per family, so a rate's 95 %
+    # interval is at most about 5 points either side
+    eval_prompts: int = 400
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -159,8 +160,8 @@ PROFILES: dict[str, Profile] = {
         # Muon and the learning rates were chosen at equal time (instructor guide, "The base model")
         gpt=GPTSizes(n_layer=4, n_head=4, n_embd=128, block_size=128, batch_size=8, max_steps=2200, lr=4e-3,
                      muon_lr=5e-3),
-        sft=SFTSizes(max_steps=300, batch_size=16, lr=1e-3, eval_prompts=120),
-        peft=PEFTSizes(max_steps=300, batch_size=16, lr=5e-3, r=8, alpha=16, ranks=(1, 32), virtual_tokens=8),
+        sft=SFTSizes(max_steps=1200, batch_size=16, lr=1e-3),
+        peft=PEFTSizes(max_steps=1200, sweep_steps=300, batch_size=16, lr=5e-3, r=8, alpha=16, ranks=(1, 32), virtual_tokens=8),
         reward=CPU_REWARD,
         ppo=CPU_PPO,
     ),
@@ -170,14 +171,14 @@ PROFILES: dict[str, Profile] = {
         # muon_lr keeps the cpu profile's ratio to lr (1.25); not yet measured on a GPU
         gpt=GPTSizes(n_layer=8, n_head=8, n_embd=512, block_size=256, batch_size=64, max_steps=5000, lr=6e-4,
                      muon_lr=7.5e-4),
-        sft=SFTSizes(max_steps=1500, batch_size=32, lr=3e-4, eval_prompts=430),
-        peft=PEFTSizes(max_steps=1500, batch_size=32, lr=2e-3, r=16, alpha=32, ranks=(1, 4, 64), virtual_tokens=16),
+        sft=SFTSizes(max_steps=1500, batch_size=32, lr=3e-4),
+        peft=PEFTSizes(max_steps=1500, sweep_steps=1500, batch_size=32, lr=2e-3, r=16, alpha=32, ranks=(1, 4, 64), virtual_tokens=16),
         reward=RewardSizes(prompts=960, responses_per_prompt=8, max_steps=300, batch_size=64, lr=2e-4),
         ppo=PPOSizes(steps=60, batch_size=128, mini_batch_size=32, ppo_epochs=2, lr=5e-5, kl_coef=0.1, max_new_tokens=32,
-                     eval_every=10, checkpoint_prompts=231, eval_prompts=231, overopt_betas=(0.0,), overopt_lr=2e-4,
+                     eval_every=10, checkpoint_prompts=200, overopt_betas=(0.0,), overopt_lr=2e-4,
                      overopt_steps=60, overopt_eval_every=5),
         beyond=BeyondSizes(dpo_steps=200, dpo_batch_size=32, dpo_lr=5e-5, dpo_beta=0.1, grpo_steps=100, grpo_prompts=16,
-                           grpo_generations=8, grpo_lr=5e-5, grpo_beta=0.02, max_new_tokens=32, arena_prompts=231),
+                           grpo_generations=8, grpo_lr=5e-5, grpo_beta=0.02, max_new_tokens=32),
     ),
 }
 

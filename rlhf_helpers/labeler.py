@@ -143,6 +143,16 @@ def gold_utilities(prompts: list[str], responses: list[str], ended: list[bool] |
     return [gold_utility(p, r, ended=e) for p, r, e in zip(prompts, responses, ended)]
 
 
+def mean_utility_terms(prompts: list[str], responses: list[str], ended: list[bool]) -> dict[str, float]:
+    """The mean contribution of each term of the gold utility (``utility_terms``): which part
+    of the hidden taste a policy satisfies, and which it does not."""
+    totals = dict.fromkeys(WEIGHTS, 0.0)
+    for prompt, response, end in zip(prompts, responses, ended):
+        for name, value in utility_terms(prompt, response, end).items():
+            totals[name] += value / len(prompts)
+    return totals
+
+
 # --------------------------------------------------------------------------------------------
 # The labeler: Bradley-Terry noise on top of the gold utility.
 # --------------------------------------------------------------------------------------------

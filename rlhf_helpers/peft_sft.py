@@ -19,9 +19,9 @@ prefix tuning, and training several adapters at once.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
-from rlhf_helpers import artifacts, gpt, instructions, lora, sft
+from rlhf_helpers import artifacts, evaluation, gpt, lora, sft
 
 PEFT_VERSION = 2  # bump when the recipe changes, so cached adapters and tables are rebuilt
 
@@ -83,9 +83,9 @@ def prompt_tuning_config(virtual_tokens: int):
 
 
 def methods(sizes) -> dict[str, object]:
-    """The peft configurations trained for lesson 04's table, by display name (the ``sft_lora``
-    adapter, rank ``sizes.r``, joins the table from its own artifact)."""
-    configs = {f"LoRA r={r}": lora_config(r, 2 * r) for r in sizes.ranks if r != sizes.r}
+    """The peft configurations of lesson 04's comparison, by display name, each trained for
+    ``sizes.sweep_steps`` (the ``sft_lora`` adapter joins the table from its own, longer, run)."""
+    configs = {f"LoRA r={r}": lora_config(r, 2 * r) for r in sorted({sizes.r, *sizes.ranks})}
     configs[f"LoRA r={sizes.r}, special tokens frozen"] = lora_config(sizes.r, sizes.alpha, train_special_tokens=False)
     configs["IA3"] = ia3_config()
     configs[f"prompt tuning ({sizes.virtual_tokens} tokens)"] = prompt_tuning_config(sizes.virtual_tokens)
@@ -99,24 +99,24 @@ def trainable_parameters(model) -> tuple[int, int]:
     return lora.count_parameters(model)
 
 
-def measure(name: str, model, tokenizer, profile, seconds: float, logs: list[dict]) -> dict:
-    """One row of lesson 04's table: the adapter's size, its training speed, its held-out rate."""
+def measure(name: str, model, tokenizer, profile, steps: int, seconds: float, logs: list[dict]) -> dict:
+    """One row of lesson 04's table: the adapter's size, its training speed, and its held-out
+    instruction-following rate under the evaluation protocol, with the rate's 95 % interval."""
     trainable, total = trainable_parameters(model)
+    prompts = evaluation.prompts(profile.eval_prompts)
     with lora.quiet_peft():
-        rate, _ = sft.following_rate(model, tokenizer, eval_tasks(profile))
-    return {"method": name, "trainable": trainable, "total": total, "trainable_percent": 100 * trainable / total,
+        responses = sft.generate_responses(model, tokenizer, prompts)  # the protocol's sampling
+    rate = evaluation.figures(prompts, responses, [True] * len(prompts))["following"]
+    return {"method": name, "steps": steps, "trainable": trainable, "total": total,
+            "trainable_percent": 100 * trainable / total,
             "adam_state_mb": lora.OPTIMIZER_STATE_BYTES["adam"] * trainable / 1e6, "seconds": round(seconds, 1),
-            "step_ms": round(1000 * seconds / profile.peft.max_steps, 1), "rate": rate,
-            "final_loss": [row["loss"] for row in logs if "loss" in row][-1]}
-
-
-def eval_tasks(profile) -> list[instructions.Task]:
-    """Lesson 03's held-out prompts, so rates compare across lessons."""
-    return instructions.make_tasks("heldout", n=profile.sft.eval_prompts)
+            "step_ms": round(1000 * seconds / steps, 1), "rate": rate.estimate, "rate_low": rate.low,
+            "rate_high": rate.high, "final_loss": [row["loss"] for row in logs if "loss" in row][-1]}
 
 
 def _config(stage: str, profile) -> dict:
-    return {"stage": stage, "sft": sft.sft_config(profile), "peft": asdict(profile.peft), "version": PEFT_VERSION}
+    return {"stage": stage, "sft": sft.sft_config(profile), "peft": asdict(profile.peft),
+            "evaluation": evaluation.protocol(profile), "version": PEFT_VERSION}
 
 
 # --------------------------------------------------------------------------------------------
@@ -172,13 +172,21 @@ def _build_comparison(folder, progress) -> None:
     profile = get_profile()
     model, tokenizer = load_sft_lora(trainable=True)
     seconds = json.loads((sft_lora_path() / "figures.json").read_text())["lora_train_seconds"]
-    rows = [measure(f"LoRA r={profile.peft.r}", model, tokenizer, profile, seconds, lora_log_history())]
-    for name, config in methods(profile.peft).items():
+    sizes = profile.peft
+    rows = [measure(lesson_adapter_name(sizes), model, tokenizer, profile, sizes.max_steps, seconds,
+                    lora_log_history())]
+    sweep = replace(sizes, max_steps=sizes.sweep_steps)
+    for name, config in methods(sizes).items():
         progress.set_description(name)
-        model, tokenizer, logs, seconds = sft.train_sft(profile, progress, sizes=profile.peft, peft_config=config)
-        rows.append(measure(name, model, tokenizer, profile, seconds, logs))
+        model, tokenizer, logs, seconds = sft.train_sft(profile, progress, sizes=sweep, peft_config=config)
+        rows.append(measure(name, model, tokenizer, profile, sweep.max_steps, seconds, logs))
         model.save_pretrained(folder / "adapters" / _slug(name))  # kept: lesson 04 switches between them
     (folder / "comparison.json").write_text(json.dumps(rows, indent=1))
+
+
+def lesson_adapter_name(sizes) -> str:
+    """The table's name for the ``sft_lora`` adapter: "LoRA r=8, 1200 steps"."""
+    return f"LoRA r={sizes.r}, {sizes.max_steps} steps"
 
 
 def _slug(name: str) -> str:

@@ -41,11 +41,10 @@ from pathlib import Path
 
 import torch
 
-from rlhf_helpers import instructions, labeler, ppo, reward, sft
+from rlhf_helpers import evaluation, instructions, labeler, ppo, reward, sft
 
 RLHF_VERSION = 2  # bump when the recipe changes, so cached policies are rebuilt
 PPO_SEED = 0
-EVAL_SEED = 1234  # the evaluation's samples; a different stream from training's
 NOISE_SEED = 99  # the noise-reward control's scores
 METRICS = (  # the training metrics the live grid shows, with their axis labels
     ("score", "RM score (normalised)"), ("gold", "gold utility"), ("kl", "KL to reference (nats)"),
@@ -65,25 +64,14 @@ METRICS = (  # the training metrics the live grid shows, with their axis labels
 def ppo_config(sizes, **overrides) -> ppo.PPOConfig:
     """The ``PPOConfig`` of a profile's ``PPOSizes`` (``overrides`` win)."""
     settings = dict(batch_size=sizes.batch_size, mini_batch_size=sizes.mini_batch_size, ppo_epochs=sizes.ppo_epochs,
-                    lr=sizes.lr, init_kl_coef=sizes.kl_coef, max_new_tokens=sizes.max_new_tokens, seed=PPO_SEED)
+                    lr=sizes.lr, init_kl_coef=sizes.kl_coef, max_new_tokens=sizes.max_new_tokens, seed=PPO_SEED,
+                    temperature=evaluation.TEMPERATURE)  # PPO samples as every model is judged
     return ppo.PPOConfig(**{**settings, **overrides})
 
 
 def training_prompts() -> list[str]:
     """The distinct prompts of the training demonstrations: what PPO practises on (never judged)."""
     return list(dict.fromkeys(task.prompt for task in instructions.make_tasks("train")))
-
-
-def heldout_prompts(n: int | None = None) -> list[str]:
-    """The first ``n`` distinct held-out prompts: what every policy is judged on.
-
-    There are 414, one per held-out task: 207 ``about`` prompts ("Continue this line about heart:
-    Speak, for my") and 207 ``continue`` prompts, alternating, so any even ``n`` is balanced. The
-    topics are the twelve training topics (all twelve appear among the first 95 prompts); what is
-    new is the opening, which no training prompt uses and no prompt repeats.
-    """
-    prompts = list(dict.fromkeys(task.prompt for task in instructions.make_tasks("heldout")))
-    return prompts if n is None else prompts[:n]
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,9 +118,9 @@ def with_unended_penalty(metrics: dict) -> dict:
 
 @torch.no_grad()
 def evaluate(policy, tokenizer, prompts: list[str], config: ppo.PPOConfig, *, reward_model, reward_tokenizer,
-             reward_stats: tuple[float, float], ref_model=None, seed: int = EVAL_SEED,
-             batch_size: int = 64) -> dict:
-    """Sample one answer per prompt as PPO samples (``config``'s temperature and length) and judge it.
+             reward_stats: tuple[float, float], ref_model=None, seed: int = evaluation.SEED) -> dict:
+    """Sample one answer per prompt as the evaluation protocol says (``evaluation.sample``, at
+    ``config``'s temperature and length) and judge it.
 
     Returns the means ``gold`` (gold utility, the unended penalty included), ``score`` (the reward
     model's, normalised, a missing end scored ``config.missing_eos_penalty`` as in training),
@@ -141,62 +129,39 @@ def evaluate(policy, tokenizer, prompts: list[str], config: ppo.PPOConfig, *, re
     ``rows``: one dict per prompt with the answer and its numbers. ``ref_model`` None: a peft
     policy with its adapter switched off; pass the policy itself to measure the SFT model (KL 0).
     """
-    device = next(policy.parameters()).device
-    # judge with a seed of its own, and leave the global random state as it was: an evaluation in the
-    # middle of training must not change the samples that training draws next
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        rows = _judge_answers(policy, tokenizer, prompts, config, reward_model, reward_tokenizer, reward_stats,
-                              ref_model, batch_size)
+    rows = []
+    for batch in evaluation.sample(policy, tokenizer, prompts, config, seed=seed):
+        rows += _judge_batch(policy, tokenizer, batch, config, reward_model, reward_tokenizer, reward_stats, ref_model)
     mean = lambda key: sum(float(row[key]) for row in rows) / len(rows)
     return {"gold": mean("gold"), "score": mean("score"), "kl": mean("kl"), "following": mean("follows"),
             "end_rate": mean("ended"), "length": mean("length"), "rows": rows}
 
 
-def _judge_answers(policy, tokenizer, prompts, config, reward_model, reward_tokenizer, reward_stats, ref_model,
-                   batch_size) -> list[dict]:
-    device = next(policy.parameters()).device
-    end_id, pad_id = ppo.special_ids(tokenizer)
-    policy.eval()
-    rows = []
-    for start in range(0, len(prompts), batch_size):
-        batch = prompts[start:start + batch_size]
-        prompt_ids, prompt_mask = ppo.encode_prompts(tokenizer, batch, device)
-        responses, mask, has_end = ppo.sample_responses(policy, prompt_ids, prompt_mask, config, end_id, pad_id)
-        sequences, attention_mask = torch.cat([prompt_ids, responses], 1), torch.cat([prompt_mask, mask], 1)
-        logits = ppo.response_logits(policy, sequences, attention_mask, responses.size(1))
-        logprobs = ppo.logprobs_from_logits(logits, responses, config.temperature)
-        if ref_model is policy:  # the SFT model judged against itself: KL 0
-            ref_logprobs = logprobs
-        else:
-            ref_logprobs = ppo.reference_logprobs(policy, ref_model, sequences, attention_mask, responses,
-                                                  config.temperature)
-        kl = ((logprobs - ref_logprobs) * mask).sum(1)
-        texts = ppo.decode(tokenizer, responses)
-        raw = reward.score(reward_model, reward_tokenizer, batch, texts)
-        scores = ppo.normalise_scores(raw, reward_stats, has_end.cpu(), config.missing_eos_penalty)
-        ended = has_end.tolist()
-        gold = labeler.gold_utilities(batch, texts, ended)
-        for i, prompt in enumerate(batch):
-            rows.append({"prompt": prompt, "response": texts[i], "ended": ended[i], "gold": gold[i],
-                         "score": scores[i].item(), "kl": kl[i].item(), "length": int(mask[i].sum()),
-                         "follows": instructions.follows(prompt, texts[i])})
-    return rows
+def _judge_batch(policy, tokenizer, batch: evaluation.Sampled, config, reward_model, reward_tokenizer, reward_stats,
+                 ref_model) -> list[dict]:
+    """One row per answer of a sampled batch: its gold utility, reward score and KL."""
+    sequences = torch.cat([batch.prompt_ids, batch.responses], 1)
+    attention_mask = torch.cat([batch.prompt_mask, batch.mask], 1)
+    logits = ppo.response_logits(policy, sequences, attention_mask, batch.responses.size(1))
+    logprobs = ppo.logprobs_from_logits(logits, batch.responses, config.temperature)
+    if ref_model is policy:  # the SFT model judged against itself: KL 0
+        ref_logprobs = logprobs
+    else:
+        ref_logprobs = ppo.reference_logprobs(policy, ref_model, sequences, attention_mask, batch.responses,
+                                              config.temperature)
+    kl = ((logprobs - ref_logprobs) * batch.mask).sum(1)
+    raw = reward.score(reward_model, reward_tokenizer, batch.prompts, batch.texts)
+    has_end = torch.tensor(batch.ended)
+    scores = ppo.normalise_scores(raw, reward_stats, has_end, config.missing_eos_penalty)
+    gold = labeler.gold_utilities(batch.prompts, batch.texts, batch.ended)
+    return [{"prompt": prompt, "response": batch.texts[i], "ended": batch.ended[i], "gold": gold[i],
+             "score": scores[i].item(), "kl": kl[i].item(), "length": int(batch.mask[i].sum()),
+             "follows": instructions.follows(prompt, batch.texts[i])} for i, prompt in enumerate(batch.prompts)]
 
 
 def summary(evaluation: dict) -> dict:
     """An evaluation without its rows, rounded: for tables and the bench."""
     return {key: round(value, 4) for key, value in evaluation.items() if key != "rows"}
-
-
-def mean_utility_terms(prompts: list[str], responses: list[str], ended: list[bool]) -> dict[str, float]:
-    """The mean contribution of each term of the gold utility (``labeler.utility_terms``): which part
-    of the hidden taste a policy satisfies, and which it does not."""
-    totals = dict.fromkeys(labeler.WEIGHTS, 0.0)
-    for prompt, response, end in zip(prompts, responses, ended):
-        for name, value in labeler.utility_terms(prompt, response, end).items():
-            totals[name] += value / len(prompts)
-    return totals
 
 
 def word_shift(before: list[str], after: list[str], top: int = 10, min_count: int = 5) -> list[tuple[str, int, int]]:
@@ -381,7 +346,7 @@ def ppo_artifact_config(profile=None) -> dict:
 
     profile = profile or get_profile()
     return {"sft": sft.sft_config(profile), "reward": reward.reward_config(profile), "ppo": asdict(profile.ppo),
-            "seed": PPO_SEED, "version": RLHF_VERSION}
+            "evaluation": evaluation.protocol(profile), "seed": PPO_SEED, "version": RLHF_VERSION}
 
 
 def sample_table(before: dict, after: dict, control: dict) -> list[dict]:
@@ -419,15 +384,16 @@ def noise_control(config: ppo.PPOConfig, steps: int, judge: dict, progress=None)
 def _build_ppo(folder: Path, progress, callback=None) -> None:
     from rlhf_helpers.env import get_profile
 
-    sizes = get_profile().ppo
+    profile = get_profile()
+    sizes = profile.ppo
     config = ppo_config(sizes)
     judge = load_judge()
-    run = run_from_sft(config, sizes.steps, judge=judge, prompts=heldout_prompts(sizes.checkpoint_prompts),
+    run = run_from_sft(config, sizes.steps, judge=judge, prompts=evaluation.prompts(sizes.checkpoint_prompts),
                        eval_every=sizes.eval_every, progress=progress, callback=callback)
     progress.set_description("the noise-reward control")
     control_policy, control_ref = noise_control(config, sizes.steps, judge, progress)
-    # the final judgement, on every held-out prompt: the SFT model, the PPO policy, the control
-    prompts = heldout_prompts(sizes.eval_prompts)
+    # the final judgement, on the protocol's prompts: the SFT model, the PPO policy, the control
+    prompts = evaluation.prompts(profile.eval_prompts)
     sft_model, tokenizer = sft.load_sft_model()
     before = evaluate(sft_model, tokenizer, prompts, config, ref_model=sft_model, **judge)
     after = evaluate(run["policy"], tokenizer, prompts, config, ref_model=run["ref_model"], **judge)
@@ -495,7 +461,7 @@ def _build_overoptimisation(folder: Path, progress) -> None:
 
     sizes = get_profile().ppo
     judge = load_judge()
-    prompts = heldout_prompts(sizes.checkpoint_prompts)
+    prompts = evaluation.prompts(sizes.checkpoint_prompts)
     progress.reset(total=len(sizes.overopt_betas) * sizes.overopt_steps)
     runs = []
     for beta in sizes.overopt_betas:

@@ -19,7 +19,7 @@ from dataclasses import asdict
 
 import torch
 
-from rlhf_helpers import gpt, instructions, lora
+from rlhf_helpers import evaluation, gpt, instructions, lora
 
 SFT_VERSION = 2  # bump when the recipe changes, so cached SFT models are rebuilt
 SFT_SEED = 0
@@ -102,13 +102,16 @@ def chat_prompt(tokenizer, prompt: str) -> str:
 
 
 @torch.no_grad()
-def generate_responses(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 40,
-                       temperature: float = 0.7, top_k: int = 50, seed: int = 0,
-                       batch_size: int = 64) -> list[str]:
+def generate_responses(model, tokenizer, prompts: list[str], *, max_new_tokens: int = evaluation.MAX_NEW_TOKENS,
+                       temperature: float = evaluation.TEMPERATURE, top_k: int = 0, seed: int = evaluation.SEED,
+                       batch_size: int = evaluation.BATCH_SIZE) -> list[str]:
     """Sample one response per prompt through the chat template; stop at ``<|im_end|>``.
 
-    Prompts are left-padded so that every row's answer starts at the same position. The same
-    ``seed`` gives the same responses on the same device.
+    The defaults are the evaluation protocol's sampling (``evaluation``: temperature 0.7, the
+    whole distribution, 32 new tokens). Unlike ``evaluation.sample`` this also serves peft models
+    whose adapter is a learned prompt (lesson 04). Prompts are left-padded so that every row's
+    answer starts at the same position. The same ``seed`` gives the same responses on the same
+    device.
     """
     model.eval()
     device = next(model.parameters()).device
@@ -173,9 +176,8 @@ def _context_room(model, prompt_length: int) -> int:
     return room
 
 
-def following_rate(model, tokenizer, tasks: list[instructions.Task], **generation) -> tuple[float, list[str]]:
-    """The instruction-following rate on ``tasks``' prompts, and the responses it was judged on."""
-    prompts = [t.prompt for t in tasks]
+def following_rate(model, tokenizer, prompts: list[str], **generation) -> tuple[float, list[str]]:
+    """The instruction-following rate on ``prompts``, and the responses it was judged on."""
     responses = generate_responses(model, tokenizer, prompts, **generation)
     return instructions.instruction_following_rate(prompts, responses), responses
 

@@ -8,8 +8,10 @@ from rlhf_helpers import env, gpt
 
 TINY = env.Profile(name="tiny", description="for tests",
                    gpt=env.GPTSizes(n_layer=1, n_head=2, n_embd=16, block_size=64, batch_size=4, max_steps=6, lr=3e-3),
-                   sft=env.SFTSizes(max_steps=4, batch_size=4, lr=1e-3, eval_prompts=6),
-                   peft=env.PEFTSizes(max_steps=3, batch_size=4, lr=5e-3, r=2, alpha=4, ranks=(1, 2), virtual_tokens=2))
+                   sft=env.SFTSizes(max_steps=4, batch_size=4, lr=1e-3),
+                   peft=env.PEFTSizes(max_steps=3, sweep_steps=2, batch_size=4, lr=5e-3, r=2, alpha=4, ranks=(1, 2),
+                                      virtual_tokens=2),
+                   eval_prompts=6)
 
 
 def test_base_artifact_trains_exports_and_reloads(monkeypatch, isolated_artifacts):

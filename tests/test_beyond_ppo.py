@@ -15,7 +15,7 @@ from rlhf_helpers.preferences import Comparison
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
 
 SIZES = env.BeyondSizes(dpo_steps=1, dpo_batch_size=4, dpo_lr=1e-3, dpo_beta=0.2, grpo_steps=1, grpo_prompts=2,
-                        grpo_generations=2, grpo_lr=1e-3, grpo_beta=0.02, max_new_tokens=6, arena_prompts=4)
+                        grpo_generations=2, grpo_lr=1e-3, grpo_beta=0.02, max_new_tokens=6)
 
 
 def tiny_model():

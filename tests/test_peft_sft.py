@@ -28,14 +28,18 @@ def test_adapters_train_only_themselves_and_switch_on_one_base(monkeypatch, isol
 
     # The comparison: one row per method, sizes as the arithmetic says, adapters kept.
     rows = {row["method"]: row for row in peft_sft.peft_comparison()}
-    assert set(rows) == {"LoRA r=2", "LoRA r=1", "LoRA r=2, special tokens frozen", "IA3", "prompt tuning (2 tokens)"}
+    assert set(rows) == {"LoRA r=2, 3 steps", "LoRA r=1", "LoRA r=2", "LoRA r=2, special tokens frozen", "IA3",
+                         "prompt tuning (2 tokens)"}
+    assert [row["steps"] for row in rows.values()] == [3, 2, 2, 2, 2, 2]  # the lesson's adapter, then the sweep
+    assert rows["LoRA r=2, 3 steps"]["trainable"] == rows["LoRA r=2"]["trainable"]
     frozen = rows["LoRA r=1"]["total"] - rows["LoRA r=1"]["trainable"]
     tokens = len(peft_sft.SPECIAL_TOKEN_IDS) * TINY.gpt.n_embd  # the special tokens' embedding rows
     assert rows["LoRA r=2, special tokens frozen"]["trainable"] + tokens == rows["LoRA r=2"]["trainable"]
     assert rows["LoRA r=2"]["trainable"] - tokens == 2 * (rows["LoRA r=1"]["trainable"] - tokens)  # r * (in + out)
     assert rows["prompt tuning (2 tokens)"]["trainable"] == 2 * TINY.gpt.n_embd
     for row in rows.values():
-        assert 0 < row["trainable"] < frozen and 0.0 <= row["rate"] <= 1.0 and row["final_loss"] > 0
+        assert 0 < row["trainable"] < frozen and row["final_loss"] > 0
+        assert 0.0 <= row["rate_low"] <= row["rate"] <= row["rate_high"] <= 1.0
         assert row["adam_state_mb"] == 8 * row["trainable"] / 1e6
     assert peft_sft.peft_comparison() == list(rows.values())  # the second call reads the artifact
 

@@ -12,7 +12,7 @@ import matplotlib
 import pytest
 import torch
 
-from rlhf_helpers import env, instructions, labeler, rlhf, sft
+from rlhf_helpers import env, evaluation, labeler, rlhf, sft
 from tests.test_base_artifact import TINY
 
 matplotlib.use("Agg")
@@ -21,7 +21,7 @@ ABOUT_LOVE = "Continue this line about love: Tell me in sadness,"
 
 TINY_PPO = dataclasses.replace(TINY, ppo=env.PPOSizes(
     steps=2, batch_size=4, mini_batch_size=2, ppo_epochs=1, lr=1e-3, kl_coef=0.1, max_new_tokens=6, eval_every=1,
-    checkpoint_prompts=4, eval_prompts=6, overopt_betas=(0.0,), overopt_lr=1e-3, overopt_steps=2, overopt_eval_every=1))
+    checkpoint_prompts=4, overopt_betas=(0.0,), overopt_lr=1e-3, overopt_steps=2, overopt_eval_every=1))
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (see conftest.py)
@@ -55,19 +55,16 @@ def test_the_unended_correction_of_gold_is_exact():
 
 
 def test_prompts_settings_and_small_helpers():
-    heldout, train = rlhf.heldout_prompts(), rlhf.training_prompts()
-    assert len(set(heldout)) == len(heldout) and not set(heldout) & set(train)
-    assert rlhf.heldout_prompts(10) == heldout[:10]
-    asked = [instructions.parse_prompt(p) for p in heldout]  # as heldout_prompts says:
-    assert [a.family for a in asked] == ["about", "continue"] * (len(heldout) // 2)  # the families alternate
-    assert len({a.opening for a in asked}) == len(heldout)  # and no opening repeats
+    heldout, train = evaluation.prompts(), rlhf.training_prompts()
+    assert not set(heldout) & set(train)  # PPO practises on training prompts only
     config = rlhf.ppo_config(env.PROFILES["cpu"].ppo, lr=0.5)
     assert (config.batch_size, config.init_kl_coef, config.lr) == (64, env.PROFILES["cpu"].ppo.kl_coef, 0.5)
+    assert config.temperature == evaluation.TEMPERATURE  # PPO samples as every model is judged
     assert rlhf.smooth([0.0, 2.0, 4.0], window=2) == [0.0, 1.0, 3.0]
     assert rlhf.peak([{"gold": 1, "step": 0}, {"gold": 3, "step": 1}, {"gold": 3, "step": 2}])["step"] == 1
     shift = rlhf.word_shift(["the king", "the king"], ["sir sir sir", "sir, the king"] * 2, min_count=2)
     assert shift[0] == ("sir", 0, 8)
-    terms = rlhf.mean_utility_terms([ABOUT_LOVE], ["love love love"], [False])
+    terms = labeler.mean_utility_terms([ABOUT_LOVE], ["love love love"], [False])
     assert terms["unended"] == -labeler.W_UNENDED and terms["repetition"] == pytest.approx(-0.5)
 
 
@@ -87,7 +84,8 @@ def test_every_profile_has_ppo_sizes_that_fit_the_config():
     for profile in env.PROFILES.values():
         sizes = profile.ppo
         rlhf.ppo_config(sizes)  # batch a multiple of the minibatch
-        assert sizes.eval_prompts <= len(rlhf.heldout_prompts()) and sizes.checkpoint_prompts <= sizes.eval_prompts
+        assert profile.eval_prompts <= len(evaluation.prompts()) and sizes.checkpoint_prompts <= profile.eval_prompts
+        assert sizes.max_new_tokens == profile.beyond.max_new_tokens == evaluation.MAX_NEW_TOKENS  # judged alike
         assert sizes.overopt_betas and all(beta < sizes.kl_coef for beta in sizes.overopt_betas)
 
 
@@ -114,18 +112,18 @@ def test_ppo_pipeline_trains_saves_judges_and_reloads(monkeypatch, isolated_arti
     for key, _ in rlhf.METRICS:
         assert all(key in row for row in history), key
     assert all(row["gold"] == pytest.approx(row["gold_if_ended"] - (1 - row["end_rate"])) for row in history)
-    evaluation = rlhf.ppo_evaluation()
-    assert evaluation["sft"]["kl"] == 0.0 and evaluation["eval_prompts"] == sizes.eval_prompts
-    assert [c["step"] for c in evaluation["checkpoints"]] == [0, 1, 2]
-    assert evaluation["checkpoints"][-1]["kl"] != 0.0
+    judged = rlhf.ppo_evaluation()
+    assert judged["sft"]["kl"] == 0.0 and judged["eval_prompts"] == TINY_PPO.eval_prompts
+    assert [c["step"] for c in judged["checkpoints"]] == [0, 1, 2]
+    assert judged["checkpoints"][-1]["kl"] != 0.0
     samples = rlhf.ppo_samples()
-    assert [s["prompt"] for s in samples] == rlhf.heldout_prompts(sizes.eval_prompts)
+    assert [s["prompt"] for s in samples] == evaluation.prompts(TINY_PPO.eval_prompts)
     assert {"sft", "ppo", "sft_gold", "ppo_gold", "sft_ended", "ppo_ended", "ppo_kl", "control", "control_gold",
             "control_ended", "control_score"} <= set(samples[0])
-    assert evaluation["noise_control"]["kl"] != 0.0  # the control trained too
-    assert sum(s["control_gold"] for s in samples) / len(samples) == pytest.approx(evaluation["noise_control"]["gold"], abs=1e-4)
+    assert judged["noise_control"]["kl"] != 0.0  # the control trained too
+    assert sum(s["control_gold"] for s in samples) / len(samples) == pytest.approx(judged["noise_control"]["gold"], abs=1e-4)
     gains = rlhf.gold_gains(samples)
-    assert gains["ppo"].estimate == pytest.approx(evaluation["ppo"]["gold"] - evaluation["sft"]["gold"], abs=2e-4)
+    assert gains["ppo"].estimate == pytest.approx(judged["ppo"]["gold"] - judged["sft"]["gold"], abs=2e-4)
     assert gains["ppo_over_control"].estimate == pytest.approx(gains["ppo"].estimate - gains["control"].estimate)
     policy, tokenizer = rlhf.load_ppo_policy()
     sft_model, _ = sft.load_sft_model()
@@ -139,10 +137,10 @@ def test_ppo_pipeline_trains_saves_judges_and_reloads(monkeypatch, isolated_arti
     torch.manual_seed(11)
     expected = torch.rand(3)
     torch.manual_seed(11)
-    result = rlhf.evaluate(policy, tokenizer, rlhf.heldout_prompts(3), config, ref_model=sft_model, **judge)
+    result = rlhf.evaluate(policy, tokenizer, evaluation.prompts(3), config, ref_model=sft_model, **judge)
     assert torch.equal(torch.rand(3), expected)
     assert len(result["rows"]) == 3 and 0.0 <= result["end_rate"] <= 1.0
-    again = rlhf.evaluate(policy, tokenizer, rlhf.heldout_prompts(3), config, ref_model=sft_model, **judge)
+    again = rlhf.evaluate(policy, tokenizer, evaluation.prompts(3), config, ref_model=sft_model, **judge)
     assert again["rows"] == result["rows"]  # its own seed: the same answers every time
     assert json.dumps(rlhf.summary(result))  # no rows, JSON-able
 
@@ -151,7 +149,7 @@ def test_ppo_pipeline_trains_saves_judges_and_reloads(monkeypatch, isolated_arti
     assert [run["beta"] for run in runs] == [0.0] and runs[0]["lr"] == sizes.overopt_lr
     assert [c["step"] for c in runs[0]["checkpoints"]] == [0, 1, 2]
     assert len(runs[0]["examples"]) == sizes.checkpoint_prompts and len(runs[0]["history"]) == sizes.overopt_steps
-    proxy_ax, gold_ax = rlhf.plot_overoptimisation(runs + [{"beta": 0.1, "checkpoints": evaluation["checkpoints"]}])
+    proxy_ax, gold_ax = rlhf.plot_overoptimisation(runs + [{"beta": 0.1, "checkpoints": judged["checkpoints"]}])
     assert proxy_ax.get_xlabel() and gold_ax.get_ylabel() and len(gold_ax.lines) == 2
     fig = rlhf.plot_history(history)
     assert len(fig.axes) == len(rlhf.METRICS) and all(ax.get_xlabel() for ax in fig.axes)
