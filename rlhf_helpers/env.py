@@ -128,7 +128,9 @@ class BeyondSizes:
     max_new_tokens: int
 
 
-CPU_BEYOND = BeyondSizes(dpo_steps=60, dpo_batch_size=16, dpo_lr=1e-4, dpo_beta=0.3, grpo_steps=30, grpo_prompts=8,
+# GRPO: 60 steps of 8 prompts x 4 answers (about 15 s each run). At 30 steps the rule-rewarded run's gold
+# gain over SFT was not significant (+0.048 [-0.013, +0.107]); at 60 it was +0.18 [+0.13, +0.24].
+CPU_BEYOND = BeyondSizes(dpo_steps=60, dpo_batch_size=16, dpo_lr=1e-4, dpo_beta=0.3, grpo_steps=60, grpo_prompts=8,
                          grpo_generations=4, grpo_lr=1e-4, grpo_beta=0.02, max_new_tokens=32)
 
 
