@@ -9,7 +9,7 @@ nats per character on the same validation text, so the tokenizer cannot flatter 
 How "the same time" is arranged: ``gpt.train`` counts steps, not seconds. So each model first
 trains a few steps to measure its own speed, then gets as many steps as fit in ``seconds`` of
 training (evaluation time is not counted, for either). A character model's steps are a little
-faster (its output layer has 60-odd rows instead of 2,048), but each step reads less text: a
+faster (its output layer has under a hundred rows instead of 2,048), but each step reads less text: a
 window of 128 characters against 128 tokens of about 2.7 characters.
 
 Left out: tuning each model's learning rate on its own (both use the profile's), and longer runs.

@@ -1,8 +1,8 @@
 """Intervals for the course's measurements: the prompt-level bootstrap.
 
 Every figure in the alignment lessons is measured on a few hundred answers to a few dozen or a few
-hundred prompts, so it carries noise: a rate on 120 prompts has a standard error of about 4.5
-points. Before saying "A beats B", we need an interval.
+hundred prompts, so it carries noise: a rate on 200 prompts (one task family of the evaluation
+protocol) has a standard error of up to 3.5 points, on 400 up to 2.5. Before saying "A beats B", we need an interval.
 
 The **bootstrap** (Efron, 1979) gets one without formulas: pretend the measured prompts are the
 population, draw a new set of the same size *with replacement*, recompute the figure, and repeat a
