@@ -180,28 +180,6 @@ def follows(prompt: str, response: str) -> bool:
     return family == "continue" or contains_word(response, topic)
 
 
-def instruction_following_rate(prompts: list[str], responses: list[str]) -> float:
-    """The fraction of responses that follow their prompts: the course's measure of alignment."""
-    if len(prompts) != len(responses):
-        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses: they must pair up.")
-    if not prompts:
-        raise ValueError("No prompts to rate.")
-    return sum(follows(p, r) for p, r in zip(prompts, responses)) / len(prompts)
-
-
-def rates_by_family(tasks: list[Task], responses: list[str]) -> dict[str, float]:
-    """The instruction-following rate of each task family, plus ``"all"``: where does a model fail?"""
-    if len(tasks) != len(responses):
-        raise ValueError(f"{len(tasks)} tasks but {len(responses)} responses: they must pair up.")
-    rates = {}
-    for family in FAMILIES:
-        pairs = [(t.prompt, r) for t, r in zip(tasks, responses) if t.family == family]
-        if pairs:
-            rates[family] = instruction_following_rate(*map(list, zip(*pairs)))
-    rates["all"] = instruction_following_rate([t.prompt for t in tasks], responses)
-    return rates
-
-
 def to_messages(task: Task) -> list[dict[str, str]]:
     """The task as a chat, ready for ``tokenizer.apply_chat_template``."""
     return [{"role": "user", "content": task.prompt}, {"role": "assistant", "content": task.response}]

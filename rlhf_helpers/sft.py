@@ -176,12 +176,6 @@ def _context_room(model, prompt_length: int) -> int:
     return room
 
 
-def following_rate(model, tokenizer, prompts: list[str], **generation) -> tuple[float, list[str]]:
-    """The instruction-following rate on ``prompts``, and the responses it was judged on."""
-    responses = generate_responses(model, tokenizer, prompts, **generation)
-    return instructions.instruction_following_rate(prompts, responses), responses
-
-
 @torch.no_grad()
 def shakespeare_loss(model, ids: torch.Tensor, block_size: int = 128, batches: int = 20, batch_size: int = 8) -> float:
     """Mean next-token loss of a Hugging Face causal LM on plain corpus windows (fixed windows)."""

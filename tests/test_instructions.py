@@ -75,7 +75,6 @@ def test_every_demonstration_follows_its_instruction(train, heldout):
     for task in train + heldout:
         assert I.follows(task.prompt, task.response), task
         assert I.parse_prompt(task.prompt) == (task.family, task.opening, task.topic), task
-    assert I.instruction_following_rate([t.prompt for t in heldout], [t.response for t in heldout]) == 1.0
 
 
 def test_about_tasks_ask_for_a_word_that_only_the_answer_holds(train, heldout):
@@ -264,24 +263,3 @@ def test_in_real_words_allows_one_invented_word_in_five():
     assert not I.in_real_words("of our cretful discontent")  # 3 of 4
     assert I.in_real_words("o'er the hills, love's labour")  # fragments ("s") do not count
     assert not I.in_real_words("...")
-
-
-def test_instruction_following_rate():
-    prompts = [ABOUT_LOVE, ABOUT_LOVE, CONTINUE, CONTINUE]
-    responses = ["who is that you love?", "a lovely day it is.", "of our discontent", ""]
-    assert I.instruction_following_rate(prompts, responses) == 0.5
-    with pytest.raises(ValueError, match="pair up"):
-        I.instruction_following_rate(prompts, responses[:3])
-    with pytest.raises(ValueError, match="No prompts"):
-        I.instruction_following_rate([], [])
-
-
-def test_rates_by_family_splits_the_rate():
-    tasks = [LOVE_TASK,
-             I.Task("about", I.about_prompt("death", "Tell me in sadness,"), "", "Tell me in sadness,", "death"),
-             I.Task("continue", CONTINUE, "", OPENING)]
-    responses = ["who is that you love?", "no word of that here at all.", "of our discontent."]
-    assert I.rates_by_family(tasks, responses) == {"about": 0.5, "continue": 1.0, "all": 2 / 3}
-    assert I.rates_by_family(tasks[:2], responses[:2]) == {"about": 0.5, "all": 0.5}
-    with pytest.raises(ValueError, match="pair up"):
-        I.rates_by_family(tasks, responses[:2])

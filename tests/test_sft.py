@@ -14,8 +14,8 @@ def test_sft_artifact_trains_on_completions_only_and_reloads(monkeypatch, isolat
     assert len(losses) >= 2 and all(loss > 0 for loss in losses)
     model, tokenizer = sft.load_sft_model()
     tasks = instructions.make_tasks("heldout", n=6)
-    rate, responses = sft.following_rate(model, tokenizer, [t.prompt for t in tasks], max_new_tokens=8)
-    assert 0.0 <= rate <= 1.0 and len(responses) == 6 and all(isinstance(r, str) for r in responses)
+    responses = sft.generate_responses(model, tokenizer, [t.prompt for t in tasks], max_new_tokens=8)
+    assert len(responses) == 6 and all(isinstance(r, str) for r in responses)
     assert sft.generate_responses(model, tokenizer, [tasks[0].prompt], max_new_tokens=8, seed=3) == \
         sft.generate_responses(model, tokenizer, [tasks[0].prompt], max_new_tokens=8, seed=3)
 
