@@ -57,6 +57,13 @@ def _short(value: Any, limit: int = 160) -> str:
     if isinstance(value, torch.nn.Module):
         n = sum(p.numel() for p in value.parameters())
         return f"{type(value).__name__} ({n:,} parameters)"
+    if isinstance(value, torch.optim.Optimizer):
+        n = sum(p.numel() for group in value.param_groups for p in group["params"])
+        return f"{type(value).__name__} ({n:,} parameters)"
+    if isinstance(value, (list, tuple)) and any(isinstance(v, (torch.nn.Module, torch.optim.Optimizer)) for v in value):
+        inner = ", ".join(_short(v, limit) for v in value)
+        text = f"[{inner}]" if isinstance(value, list) else f"({inner})"
+        return text if len(text) <= limit else text[: limit - 3] + "..."
     if isinstance(value, (torch.Tensor, np.ndarray)):
         tensor = torch.as_tensor(value).detach().cpu()
         flat = tensor.flatten()[:6]
@@ -84,8 +91,9 @@ def compare(got: Any, expected: Any, *, rtol: float = 1e-5, atol: float = 1e-6, 
     """``None`` when ``got`` matches ``expected``, else a sentence saying where and how it differs.
 
     Tensors and arrays must match in type, shape and values (to a tolerance, NaN never
-    matches); floats to a tolerance; modules in their weights; everything else exactly. Lists,
-    tuples and dicts compare item by item, and the message names the item: ``output[1][3]``.
+    matches); floats to a tolerance; modules in their weights, optimisers in their state;
+    everything else exactly. Lists, tuples and dicts compare item by item, and the message names
+    the item: ``output[1][3]``.
     """
     if isinstance(expected, torch.Tensor):
         if not isinstance(got, torch.Tensor):
@@ -104,8 +112,11 @@ def compare(got: Any, expected: Any, *, rtol: float = 1e-5, atol: float = 1e-6, 
     if isinstance(expected, torch.nn.Module):
         if type(got) is not type(expected):
             return f"{name}: expected a {type(expected).__name__}, got {type(got).__name__}"
-        want, have = expected.state_dict(), got.state_dict()
-        return compare([have[k] for k in want], list(want.values()), rtol=rtol, atol=atol, name=f"{name}'s weights")
+        return compare(dict(got.state_dict()), dict(expected.state_dict()), rtol=rtol, atol=atol, name=f"{name}'s weights")
+    if isinstance(expected, torch.optim.Optimizer):
+        if type(got) is not type(expected):
+            return f"{name}: expected a {type(expected).__name__}, got {type(got).__name__}"
+        return compare(_optimizer_state(got), _optimizer_state(expected), rtol=rtol, atol=atol, name=f"{name}'s state")
     if isinstance(expected, float):
         if not isinstance(got, (int, float)) or not math.isclose(got, expected, rel_tol=rtol, abs_tol=atol):
             return f"{name}: the numbers differ"
@@ -129,6 +140,12 @@ def compare(got: Any, expected: Any, *, rtol: float = 1e-5, atol: float = 1e-6, 
                 return why
         return None
     return None if got == expected else f"{name}: the answers differ"
+
+
+def _optimizer_state(optimizer: torch.optim.Optimizer) -> list:
+    """An optimiser's learning rates and per-parameter state (moments, step counts), in order."""
+    groups = [group["lr"] for group in optimizer.param_groups]
+    return groups + [optimizer.state.get(p, {}) for group in optimizer.param_groups for p in group["params"]]
 
 
 # --------------------------------------------------------------------------------------------
@@ -165,7 +182,8 @@ def _time_limit(seconds: float | None):
 
 def _comparable(value: Any) -> bool:
     """Inputs whose state after the call can be compared (others, such as tokenizers, are skipped)."""
-    return isinstance(value, (torch.Tensor, np.ndarray, torch.nn.Module, list, tuple, dict, int, float, str, bytes))
+    return isinstance(value, (torch.Tensor, np.ndarray, torch.nn.Module, torch.optim.Optimizer,
+                              list, tuple, dict, int, float, str, bytes))
 
 
 def _inputs_after_call(case: Case, mine: tuple, theirs: tuple) -> str | None:
@@ -174,11 +192,12 @@ def _inputs_after_call(case: Case, mine: tuple, theirs: tuple) -> str | None:
     pairs = [(f"argument {i + 1}", a, r, o) for i, (a, r, o) in enumerate(zip(my_args, ref_args, case.args))]
     pairs += [(f"argument {k!r}", my_kwargs[k], ref_kwargs[k], case.kwargs[k]) for k in case.kwargs]
     for label, after, expected, before in pairs:
-        if not _comparable(expected) or compare(after, expected, name=label) is None:
+        why = compare(after, expected, name=label) if _comparable(expected) else None
+        if why is None:
             continue
         if compare(expected, before, name=label) is None:
             return f"your function changed its {label} in place; leave its inputs as they were and return a new value"
-        return f"your function should update its {label} in place (the exercise asks for it), but left it different"
+        return f"it should update its {label} in place, as the exercise asks, and after the call {why}"
     return None
 
 

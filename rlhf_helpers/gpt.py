@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 import torch
 import torch.nn as nn
@@ -345,7 +345,7 @@ def configure_optimizers(model: nn.Module, lr: float, weight_decay: float = 0.1,
     return [torch.optim.Muon(hidden, lr=muon_lr, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw"), adamw]
 
 
-def _set_learning_rates(optimizers: list[torch.optim.Optimizer], factor: float) -> None:
+def set_learning_rates(optimizers: list[torch.optim.Optimizer], factor: float) -> None:
     """Every parameter group at ``factor`` times its own peak learning rate (kept as ``peak_lr``)."""
     for optimizer in optimizers:
         for group in optimizer.param_groups:
@@ -353,11 +353,31 @@ def _set_learning_rates(optimizers: list[torch.optim.Optimizer], factor: float) 
             group["lr"] = group["peak_lr"] * factor
 
 
+def train_step(model: nn.Module, optimizers: list[torch.optim.Optimizer], x: torch.Tensor, y: torch.Tensor,
+               grad_clip: float = 1.0) -> torch.Tensor:
+    """One optimisation step on the batch ``(x, y)``; return its loss (before the update, detached).
+
+    Forward (the loss), clear the old gradients, backward (the new ones), clip their global norm
+    to ``grad_clip`` (0: no clipping) so that one bad batch cannot throw the model far, then let
+    every optimiser update its parameters. Clearing comes before ``backward``: PyTorch *adds*
+    new gradients to whatever ``.grad`` holds.
+    """
+    _, loss = model(x, y)
+    for optimizer in optimizers:
+        optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    for optimizer in optimizers:
+        optimizer.step()
+    return loss.detach()
+
+
 def train(model: GPT, train_data: torch.Tensor, val_data: torch.Tensor | None, steps: int,
           batch_size: int, lr: float = 1e-3, *, warmup_steps: int | None = None,
           min_lr: float | None = None, weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.99),
           grad_clip: float = 1.0, log_every: int = 100, eval_iters: int = 10, seed: int = 1337,
-          muon_lr: float | None = None, progress=None) -> list[dict]:
+          muon_lr: float | None = None, step_fn: Callable | None = None, progress=None) -> list[dict]:
     """Train ``model`` for ``steps`` steps on random windows; return the logged history.
 
     The optimisers are ``configure_optimizers``'s: AdamW, or with ``muon_lr`` Muon for the blocks'
@@ -368,8 +388,9 @@ def train(model: GPT, train_data: torch.Tensor, val_data: torch.Tensor | None, s
     row ``{step, train_loss, val_loss, lr, tokens_per_s, elapsed_s}`` is appended to the history
     (``tokens_per_s`` counts training time only; ``val_loss`` is None without ``val_data``).
 
-    ``progress`` is a tqdm bar to drive (e.g. the artifact cache's); without one a
-    ``tqdm.auto`` bar is made. The model is left in eval mode, ready to generate. Left out:
+    ``step_fn`` takes one step (default ``train_step``; lesson 02 passes the
+    learner's own). ``progress`` is a tqdm bar to drive (e.g. the artifact cache's); without one a
+    ``tqdm.auto`` bar is made, and ``False`` shows none. The model is left in eval mode. Left out:
     gradient accumulation, mixed precision, checkpoints, early stopping.
     """
     from rlhf_helpers.artifacts import ProgressBar
@@ -381,8 +402,9 @@ def train(model: GPT, train_data: torch.Tensor, val_data: torch.Tensor | None, s
     optimizers = configure_optimizers(model, lr, weight_decay, betas, muon_lr)
     generator = torch.Generator().manual_seed(seed)  # the batches, reproducibly
     splits = {"train": train_data} if val_data is None else {"train": train_data, "val": val_data}
-    own_bar = progress is None
-    bar = ProgressBar(total=steps, desc="training", unit="step") if own_bar else progress
+    step_fn = train_step if step_fn is None else step_fn
+    own_bar = progress is None or progress is False
+    bar = ProgressBar(total=steps, desc="training", unit="step", disable=progress is False) if own_bar else progress
     if not own_bar:
         bar.reset(total=steps)
 
@@ -404,24 +426,15 @@ def train(model: GPT, train_data: torch.Tensor, val_data: torch.Tensor | None, s
             tick = time.perf_counter()
             # 1. the learning rate for this step
             current_lr = cosine_lr(step, lr, warmup_steps, steps, min_lr)
-            _set_learning_rates(optimizers, current_lr / lr)
-            # 2. a batch, the loss, the gradients
+            set_learning_rates(optimizers, current_lr / lr)
+            # 2. a batch, then one step: loss, gradients, clipping, update
             x, y = get_batch(train_data, block_size, batch_size, generator, device)
-            _, loss = model(x, y)
-            for optimizer in optimizers:
-                optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            # 3. clip the gradient norm (one bad batch cannot throw the model far), then update
-            if grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            for optimizer in optimizers:
-                optimizer.step()
-            batch_loss = loss.item()  # also waits for the GPU, so the timing below is honest
+            batch_loss = step_fn(model, optimizers, x, y, grad_clip).item()  # .item() waits for the GPU: honest timing
             train_seconds += time.perf_counter() - tick
             tokens += x.numel()
             bar.update()
             bar.set_postfix(loss=f"{batch_loss:.3f}", tok_s=f"{tokens / train_seconds:,.0f}", refresh=False)
-            # 4. now and then, measure both splits properly
+            # 3. now and then, measure both splits properly
             if (step + 1) % log_every == 0 or step + 1 == steps:
                 log(step + 1, current_lr)
     finally:

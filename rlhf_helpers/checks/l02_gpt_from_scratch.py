@@ -9,7 +9,7 @@ import torch
 from torch.nn import functional as F
 
 from rlhf_helpers.exercises import Case, check
-from rlhf_helpers.gpt import Block, GPTConfig
+from rlhf_helpers.gpt import GPT, Block, GPTConfig, configure_optimizers, train_step
 
 
 def reference_causal_average(x: torch.Tensor) -> torch.Tensor:
@@ -116,3 +116,50 @@ def check_top_k_filter(attempt: Callable) -> Callable:
                        "them (kept as a column, [..., -1:]) is the threshold to compare against.",
                        "kth = torch.topk(logits, min(k, V), dim=-1).values[..., -1:] is each row's k-th "
                        "largest; logits.masked_fill(logits < kth, float('-inf'))."))
+
+
+def reference_train_step(model, optimizers, x, y, grad_clip: float = 1.0) -> torch.Tensor:
+    """The course's one step of training (``gpt.train_step``, which ``gpt.train`` runs)."""
+    return train_step(model, optimizers, x, y, grad_clip)
+
+
+def _training_state(seed: int, muon: bool) -> tuple:
+    """A tiny GPT, its optimisers and a batch (a GPT of the lesson's kind, 1,904 parameters)."""
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(vocab_size=12, block_size=6, n_layer=2, n_head=2, n_embd=8))
+    optimizers = configure_optimizers(model, 1e-2, muon_lr=1e-2 if muon else None)
+    x = torch.randint(12, (3, 6), generator=torch.Generator().manual_seed(seed + 1))
+    y = torch.randint(12, (3, 6), generator=torch.Generator().manual_seed(seed + 2))
+    return model, optimizers, x, y
+
+
+def _mid_training(step: Callable) -> Callable:
+    """``step``, called on a model that arrives with the stale gradients of a previous step (the
+    checker's copies of the inputs lose ``.grad``: ``nn.Parameter`` does not copy it)."""
+    def run(model, optimizers, x, y, grad_clip: float = 1.0):
+        generator = torch.Generator().manual_seed(0)
+        for p in model.parameters():
+            p.grad = torch.randn(p.shape, generator=generator)
+        return step(model, optimizers, x, y, grad_clip)
+    return run
+
+
+def check_train_step(attempt: Callable) -> Callable:
+    __tracebackhide__ = True
+    cases = [Case(_training_state(26, muon=True), {"grad_clip": 0.05},
+                  about="Muon and AdamW, a clip that binds, stale gradients from a previous step"),
+             Case(_training_state(27, muon=False), {"grad_clip": 0.0}, about="AdamW alone, no clipping"),
+             Case(_training_state(28, muon=True), {"grad_clip": 100.0}, about="a clip too loose to act")]
+    mine = _mid_training(attempt)
+    chosen = check("Exercise 02.6 (one training step)", mine, _mid_training(reference_train_step), cases,
+                   hint=("A step has four parts in a fixed order: the loss of the batch; fresh gradients "
+                         "(PyTorch *adds* to whatever .grad already holds, and this model arrives with "
+                         "stale ones); the gradient norm clipped, unless grad_clip is 0; then every "
+                         "optimiser in the list updates. Return the loss of the batch before the update.",
+                         "loss from model(x, y); for each optimiser zero_grad(set_to_none=True); "
+                         "loss.backward(); torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip) "
+                         "if grad_clip; for each optimiser step(); return loss.detach().",
+                         "_, loss = model(x, y)\n  for optimizer in optimizers: optimizer.zero_grad(set_to_none=True)\n"
+                         "  loss.backward()\n  if grad_clip: torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)\n"
+                         "  for optimizer in optimizers: optimizer.step()\n  return loss.detach()"))
+    return attempt if chosen is mine else reference_train_step
