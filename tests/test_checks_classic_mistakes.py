@@ -97,3 +97,48 @@ def test_tensor_mismatches_say_where_and_objects_are_not_dumped():
     block = torch.nn.TransformerEncoderLayer(16, 2)
     assert exercises._short(block).startswith("TransformerEncoderLayer (") and len(exercises._short(block)) < 60
     assert len(exercises._short(torch.randn(50, 50))) < 160
+
+
+# What tier 1 (shown with every wrong answer) must not contain: text a learner could paste as the answer.
+CODE_MARKERS = ("torch.", "F.", " = ", "+=", "return ", " @ ", ".sum(", ".mean(", ".view(", "keepdim", "lambda")
+
+
+def test_every_exercise_hints_in_tiers_and_its_first_tier_gives_no_code(monkeypatch):
+    """Each lesson's checks pass ``check`` its hints as tiers, gentle to complete; the first, shown at the
+    first failure, explains without code, so that the code comes only when the learner asks for it."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    from rlhf_helpers import checks
+
+    hints = {}  # check function -> the hints it passed to check()
+    for info in pkgutil.iter_modules(checks.__path__):
+        if not info.name.startswith("l0"):
+            continue
+        module = importlib.import_module(f"rlhf_helpers.checks.{info.name}")
+        for name, function in inspect.getmembers(module, inspect.isfunction):
+            if not name.startswith("check_") or function.__module__ != module.__name__:
+                continue
+
+            def recorder(exercise, attempt, reference, cases, *, hint, _name=f"{info.name}.{name}", **_):
+                hints.setdefault(_name, []).append(hint)
+                return attempt  # the attempt is never run: only the hints matter here
+
+            monkeypatch.setattr(module, "check", recorder)
+            # 01.6 loads cl100k's 100,000 ranks unless it is given some: an empty dict is never read
+            extra = {"ranks": {}} if "ranks" in inspect.signature(function).parameters else {}
+            function(lambda *args, **kwargs: None, **extra)
+            assert f"{info.name}.{name}" in hints, f"{name} never called check()"
+
+    assert len(hints) >= 25, f"found only {len(hints)} checks: {sorted(hints)}"
+    problems = []
+    for name, calls in sorted(hints.items()):
+        for hint in calls:
+            tiers = (hint,) if isinstance(hint, str) else tuple(hint)
+            if len(tiers) < 2:
+                problems.append(f"{name}: one hint, no tiers")
+            leaks = [marker for marker in CODE_MARKERS if marker in tiers[0]]
+            if leaks:
+                problems.append(f"{name}: tier 1 shows code ({', '.join(map(repr, leaks))})")
+    assert not problems, "\n".join(problems)

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from rlhf_helpers import lora
+from rlhf_helpers import exercises, lora
 from rlhf_helpers.checks import l04_lora as l04
 from rlhf_helpers.exercises import ExerciseError
 
@@ -134,11 +134,14 @@ def test_classic_mistakes_are_caught(checker, wrong, name):
         checker(wrong)
 
 
-def test_the_message_names_the_input_and_the_hint():
+def test_the_message_names_the_input_and_the_hint(capsys):
     with pytest.raises(ExerciseError) as caught:
         l04.check_lora_forward_conv1d(conv1d_not_transposed)
     message = str(caught.value)
-    assert "input tried" in message and "hint" in message and "x @ W + b" in message
+    assert "input tried" in message and "hint" in message and "(in, out)" in message
+    assert "x @ W + b" not in message, "the first hint explains the layout; the formula comes with hint()"
+    exercises.hint()
+    assert "x @ W + b" in capsys.readouterr().out
 
 
 def test_the_square_case_catches_a_missing_transpose_as_a_wrong_answer():

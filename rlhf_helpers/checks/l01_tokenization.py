@@ -70,7 +70,11 @@ def check_get_stats(attempt: Callable) -> Callable:
         hint=("Every adjacent pair counts, overlapping ones too, and when `counts` is given the "
               "new pairs are ADDED to that dict (training counts over many chunks into one dict).",
               "zip(ids, ids[1:]) yields each adjacent pair once. Start from `counts` when it is "
-              "given (else an empty dict), add 1 per pair with counts.get(pair, 0) + 1, and return it."),
+              "given (else an empty dict), add 1 per pair with counts.get(pair, 0) + 1, and return it.",
+              "counts = {} if counts is None else counts\n"
+              "  for pair in zip(ids, ids[1:]):\n"
+              "      counts[pair] = counts.get(pair, 0) + 1\n"
+              "  return counts"),
         comparer=_compare_counts,
     )
 
@@ -94,9 +98,21 @@ def check_merge(attempt: Callable) -> Callable:
     __tracebackhide__ = True
     return check(
         "Exercise 01.2 (merge a pair)", attempt, bpe.merge, merge_cases(),
-        hint="Walk with an index i. If ids[i], ids[i+1] equal the pair, append idx and jump "
-        "i += 2; otherwise append ids[i] and step i += 1. Mind the last element (no i+1). "
-        "Return a new list.",
+        hint=("Build a NEW list in one pass, left to right: wherever the pair occurs, its two ids "
+              "become the one new id. Overlaps merge greedily (merging (1, 1) in 1, 1, 1 leaves idx, 1), "
+              "so after a match skip both ids. Mind the last id: it has no right neighbour.",
+              "Walk an index i while i < len(ids). If i is not the last position and ids[i], ids[i + 1] "
+              "equal pair[0], pair[1], append idx and advance i by 2; otherwise append ids[i] and "
+              "advance by 1. Return the new list.",
+              "out, i = [], 0\n"
+              "  while i < len(ids):\n"
+              "      if i < len(ids) - 1 and ids[i] == pair[0] and ids[i + 1] == pair[1]:\n"
+              "          out.append(idx)\n"
+              "          i += 2\n"
+              "      else:\n"
+              "          out.append(ids[i])\n"
+              "          i += 1\n"
+              "  return out"),
     )
 
 
@@ -118,9 +134,24 @@ def check_train_bpe(attempt: Callable) -> Callable:
     __tracebackhide__ = True
     return check(
         "Exercise 01.3 (train BPE)", attempt, bpe.train, train_cases(),
-        hint="ids = list(text.encode('utf-8')); for idx in range(256, vocab_size): count with "
-        "get_stats, stop if there are no pairs, take pair = max(stats, key=stats.get) (ties: the "
-        "first seen), ids = merge(ids, pair, idx), merges[pair] = idx.",
+        hint=("Start from the text's UTF-8 bytes, not its characters. Then repeat one step "
+              "vocab_size - 256 times: count the adjacent pairs, give the most frequent one the next "
+              "new id (256, 257, ...) and merge it everywhere. A tie goes to the pair seen first; stop "
+              "early when no pair is left.",
+              "ids starts as list(text.encode('utf-8')). For idx in range(256, vocab_size): count pairs "
+              "with get_stats(ids); stop (break) if there are none; the winner is max(stats, "
+              "key=stats.get), which keeps the first of equal counts; merge it with merge(ids, pair, idx) "
+              "and record merges[pair] = idx. Return merges (a dict keeps the order learned).",
+              "ids = list(text.encode('utf-8'))\n"
+              "  merges = {}\n"
+              "  for idx in range(256, vocab_size):\n"
+              "      stats = get_stats(ids)\n"
+              "      if not stats:\n"
+              "          break\n"
+              "      pair = max(stats, key=stats.get)\n"
+              "      ids = merge(ids, pair, idx)\n"
+              "      merges[pair] = idx\n"
+              "  return merges"),
         comparer=_compare_merges,
     )
 
@@ -152,7 +183,15 @@ def check_encode(attempt: Callable) -> Callable:
               "when no learned merge applies.",
               "Start from list(text.encode('utf-8')). While there are at least two ids: find the "
               "pair in get_stats(ids) with the smallest merge id (merges.get(p, inf)); if it is not in "
-              "merges, stop (break); else merge it. (Applying every merge in order also works.)"),
+              "merges, stop (break); else merge it. (Applying every merge in order also works.)",
+              "ids = list(text.encode('utf-8'))\n"
+              "  while len(ids) >= 2:\n"
+              "      stats = get_stats(ids)\n"
+              "      pair = min(stats, key=lambda p: merges.get(p, float('inf')))\n"
+              "      if pair not in merges:\n"
+              "          break\n"
+              "      ids = merge(ids, pair, merges[pair])\n"
+              "  return ids"),
     )
 
 
@@ -175,9 +214,26 @@ def check_train_regex(attempt: Callable) -> Callable:
     __tracebackhide__ = True
     return check(
         "Exercise 01.5 (train BPE with a regex pre-split)", attempt, bpe.train_regex, train_regex_cases(),
-        hint="Split with split_text(text, pattern) and turn each chunk into a list of its UTF-8 "
-        "bytes. Each round, count pairs over all chunks into one dict (get_stats(ids, stats) does "
-        "it), take the most frequent (first seen on ties), and merge it inside every chunk.",
+        hint=("As in 01.3, but merges never cross a chunk boundary: pre-split the text into chunks "
+              "(words, numbers, punctuation), count the pairs inside each chunk, all chunks into ONE "
+              "tally, and merge the winner inside every chunk. The last byte of one chunk and the first "
+              "of the next never form a pair.",
+              "chunks: split_text(text, pattern), each turned into the list of its UTF-8 bytes. For idx "
+              "in range(256, vocab_size): a fresh stats dict, filled by get_stats(ids, stats) for every "
+              "chunk; stop if it is empty; the winner is max(stats, key=stats.get) (first seen on ties); "
+              "merge it in every chunk; merges[pair] = idx.",
+              "chunks = [list(chunk.encode('utf-8')) for chunk in split_text(text, pattern)]\n"
+              "  merges = {}\n"
+              "  for idx in range(256, vocab_size):\n"
+              "      stats = {}\n"
+              "      for ids in chunks:\n"
+              "          get_stats(ids, stats)\n"
+              "      if not stats:\n"
+              "          break\n"
+              "      pair = max(stats, key=stats.get)\n"
+              "      chunks = [merge(ids, pair, idx) for ids in chunks]\n"
+              "      merges[pair] = idx\n"
+              "  return merges"),
         comparer=_compare_merges,
     )
 
@@ -211,8 +267,25 @@ def check_bpe_with_ranks(attempt: Callable, ranks: dict[bytes, int] | None = Non
     chosen = check(
         "Exercise 01.6 (tiktoken's BPE from its ranks)", attempt_on, reference_on,
         [Case((chunk,), about="one chunk, cl100k ranks") for chunk in _RANK_CHUNKS],
-        hint="parts = [bytes([b]) for b in chunk]. Repeat: for every i, look up "
-        "ranks.get(parts[i] + parts[i + 1]); merge the pair with the lowest rank (None means no "
-        "such token); stop when none is found. Return [ranks[p] for p in parts].",
+        hint=("tiktoken keeps no list of merges, only each token's bytes and its rank (its id, which "
+              "is also the order it was learned in). Start from single bytes; again and again merge the "
+              "adjacent pair whose glued bytes have the LOWEST rank (not the leftmost pair, not the most "
+              "frequent); stop when no adjacent pair glues into a known token.",
+              "parts: one bytes object per byte (bytes([b]) for each b in chunk). While there are two or "
+              "more: for every i, ranks.get(parts[i] + parts[i + 1]) is the glued pair's rank, or None "
+              "if it is no token; keep the lowest rank and its i; if there is none, stop; else replace "
+              "parts i and i + 1 by their concatenation. Return [ranks[p] for p in parts].",
+              "parts = [bytes([b]) for b in chunk]\n"
+              "  while len(parts) >= 2:\n"
+              "      best = None  # (rank, i) of the best merge so far\n"
+              "      for i in range(len(parts) - 1):\n"
+              "          rank = ranks.get(parts[i] + parts[i + 1])\n"
+              "          if rank is not None and (best is None or rank < best[0]):\n"
+              "              best = (rank, i)\n"
+              "      if best is None:\n"
+              "          break\n"
+              "      i = best[1]\n"
+              "      parts = parts[:i] + [parts[i] + parts[i + 1]] + parts[i + 2:]\n"
+              "  return [ranks[p] for p in parts]"),
     )
     return attempt if chosen is attempt_on else bpe.bpe_with_ranks

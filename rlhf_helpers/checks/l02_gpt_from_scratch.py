@@ -66,8 +66,17 @@ def check_causal_average(attempt: Callable) -> Callable:
              Case((_randn(1, 1, 4, seed=2),), about="a single time step")]
     return check("Exercise 02.1 (causal averaging with a triangular matrix)", attempt,
                  reference_causal_average, cases,
-                 hint="wei = torch.tril(torch.ones(T, T)); divide each row by its sum (keepdim=True); "
-                 "return wei @ x, which broadcasts over the batch.")
+                 hint=("Output position t is the mean of x over positions 0 to t: itself and the past, "
+                       "never the future. The trick is one matrix product along time (dimension 1): a "
+                       "lower-triangular weight matrix whose rows each sum to 1, the same for every "
+                       "sequence in the batch.",
+                       "With T = x.size(1), torch.tril(torch.ones(T, T)) has ones on and below the "
+                       "diagonal; divide each row by its sum, so row t holds 1/(t+1) in its first t+1 "
+                       "places; then the matrix product with x, which broadcasts (T, T) over the batch.",
+                       "T = x.size(1)\n"
+                       "  wei = torch.tril(torch.ones(T, T, dtype=x.dtype, device=x.device))\n"
+                       "  wei = wei / wei.sum(dim=1, keepdim=True)\n"
+                       "  return wei @ x"))
 
 
 def check_attention(attempt: Callable) -> Callable:
@@ -78,8 +87,19 @@ def check_attention(attempt: Callable) -> Callable:
              Case((10 * _randn(1, 5, 4, seed=9), 10 * _randn(1, 5, 4, seed=10), _randn(1, 5, 4, seed=11)),
                   about="large scores: is the future masked before the softmax?")]
     return check("Exercise 02.2 (one head of causal self-attention)", attempt, reference_attention, cases,
-                 hint="scores = q @ k.transpose(-2, -1) / sqrt(head_size); fill positions above the "
-                 "diagonal (torch.tril) with -inf; softmax over the last dimension; multiply by v.")
+                 hint=("Each query scores every key; the scores are scaled down by the square root of "
+                       "the head size (or the softmax saturates); the future is masked out BEFORE the "
+                       "softmax, so its weight is exactly 0; the output is the weighted average of the "
+                       "values. Extra leading dimensions (batch, heads) may come first: work on the last two.",
+                       "Scores: q times k transposed on its last two dimensions (k.transpose(-2, -1)), "
+                       "divided by sqrt(k.size(-1)). Set the entries above the diagonal to -inf "
+                       "(masked_fill with a torch.tril mask of shape (T, T)); softmax over the last "
+                       "dimension; multiply by v.",
+                       "T = q.size(-2)\n"
+                       "  scores = q @ k.transpose(-2, -1) / math.sqrt(k.size(-1))\n"
+                       "  mask = torch.tril(torch.ones(T, T, dtype=torch.bool, device=q.device))\n"
+                       "  scores = scores.masked_fill(~mask, float('-inf'))\n"
+                       "  return F.softmax(scores, dim=-1) @ v"))
 
 
 def check_multi_head_attention(attempt: Callable) -> Callable:
@@ -89,8 +109,17 @@ def check_multi_head_attention(attempt: Callable) -> Callable:
                   about="batch 3, 4 heads of size 3"),
              Case((_randn(2, 3, 6, seed=18), _randn(2, 3, 6, seed=19), _randn(2, 3, 6, seed=20), 1), about="1 head")]
     return check("Exercise 02.3 (multi-head attention)", attempt, reference_multi_head_attention, cases,
-                 hint="view (B, T, C) as (B, T, n_head, C // n_head) and transpose(1, 2) to put heads "
-                 "before time; attend; transpose back, .contiguous().view(B, T, C).")
+                 hint=("Cut the C channels into n_head groups of adjacent channels, run attention on "
+                       "each group on its own, and put the results side by side again. Attention works on "
+                       "the last two dimensions, so the heads must come before time while it runs; "
+                       "reshaping straight to the target shape mixes time steps into heads.",
+                       "Reshape q, k and v from (B, T, C) to (B, T, n_head, C // n_head), then swap "
+                       "dimensions 1 and 2 to get (B, n_head, T, head_size); call your attention from 02.2; "
+                       "swap back, make it contiguous, and reshape to (B, T, C).",
+                       "B, T, C = q.shape\n"
+                       "  split = lambda t: t.view(B, T, n_head, C // n_head).transpose(1, 2)\n"
+                       "  y = attention(split(q), split(k), split(v))\n"
+                       "  return y.transpose(1, 2).contiguous().view(B, T, C)"))
 
 
 def check_block_forward(attempt: Callable) -> Callable:
@@ -98,8 +127,14 @@ def check_block_forward(attempt: Callable) -> Callable:
     cases = [Case((_block(21), _randn(2, 6, 16, seed=22)), about="a block with 4 heads"),
              Case((_block(23, n_embd=8, n_head=2), _randn(1, 3, 8, seed=24)), about="a smaller block")]
     return check("Exercise 02.4 (a pre-LayerNorm transformer block)", attempt, reference_block_forward, cases,
-                 hint="Two residual steps: x = x + block.attn(block.ln_1(x)); then "
-                 "x = x + block.mlp(block.ln_2(x)). The LayerNorm goes *inside* the branch.")
+                 hint=("Two residual steps, attention first, then the MLP. In each, the LayerNorm "
+                       "normalises only the branch's input (it goes *inside* the branch), and the "
+                       "branch's output is ADDED to the unnormalised stream; the MLP step reads the "
+                       "stream after the attention step was added.",
+                       "Step 1: x plus block.attn applied to block.ln_1(x). Step 2: that result plus "
+                       "block.mlp applied to block.ln_2 of it.",
+                       "x = x + block.attn(block.ln_1(x))\n"
+                       "  return x + block.mlp(block.ln_2(x))"))
 
 
 def check_top_k_filter(attempt: Callable) -> Callable:
@@ -114,8 +149,8 @@ def check_top_k_filter(attempt: Callable) -> Callable:
                        "vocabulary.",
                        "torch.topk(...).values gives each row's k largest values, sorted; the last of "
                        "them (kept as a column, [..., -1:]) is the threshold to compare against.",
-                       "kth = torch.topk(logits, min(k, V), dim=-1).values[..., -1:] is each row's k-th "
-                       "largest; logits.masked_fill(logits < kth, float('-inf'))."))
+                       "kth = torch.topk(logits, min(k, logits.size(-1)), dim=-1).values[..., -1:]\n"
+                       "  return logits.masked_fill(logits < kth, float('-inf'))"))
 
 
 def reference_train_step(model, optimizers, x, y, grad_clip: float = 1.0) -> torch.Tensor:

@@ -47,8 +47,15 @@ def check_render_chat(render_chat):
     """Exercise 03.1: render conversations exactly as the course's chat template does."""
     cases = [Case((chat,), {"add_generation_prompt": gen}) for chat in _CHATS for gen in (False, True)]
     return check("Exercise 03.1 (render_chat)", render_chat, reference_render_chat, cases,
-                 hint="every turn is '<|im_start|>' + role + '\\n' + content + '<|im_end|>' + '\\n'; "
-                      "with add_generation_prompt, end with '<|im_start|>assistant\\n' and nothing else.")
+                 hint=("The model learned ChatML, so the text must match it character for character: "
+                       "each message, in order, is a start marker, its role, a newline, its content, an end "
+                       "marker and a newline. To ask for a reply, end with the assistant's opening line "
+                       "only: no content, no end marker.",
+                       "For each message m: '<|im_start|>', m['role'], '\\n', m['content'], '<|im_end|>', "
+                       "'\\n', with nothing between the messages; if add_generation_prompt, append "
+                       "'<|im_start|>assistant\\n'.",
+                       "text = ''.join(f\"<|im_start|>{m['role']}\\n{m['content']}<|im_end|>\\n\" for m in messages)\n"
+                       "  return text + ('<|im_start|>assistant\\n' if add_generation_prompt else '')"))
 
 
 def check_completion_labels(completion_labels):
@@ -57,8 +64,13 @@ def check_completion_labels(completion_labels):
              Case(([2, 9, 9], [3]), about="a one-token answer"),
              Case((list(range(10, 30)), list(range(40, 47))), about="a long prompt")]
     return check("Exercise 03.2 (completion_labels)", completion_labels, reference_completion_labels, cases,
-                 hint="return (prompt_ids + completion_ids, labels) where labels has -100 at every prompt "
-                      "position and the completion's own ids after them; do not shift here, the loss does.")
+                 hint=("The model reads the prompt then the completion, but should learn to write only "
+                       "the completion: the labels copy the inputs, except that every prompt position holds "
+                       "-100, the index the loss ignores. Do not shift by one here: the loss does that.",
+                       "inputs: the prompt ids followed by the completion ids. labels: -100 repeated once "
+                       "per prompt id, followed by the completion ids (as long as the inputs). Return the "
+                       "tuple (inputs, labels).",
+                       "return prompt_ids + completion_ids, [-100] * len(prompt_ids) + completion_ids"))
 
 
 def _logits_and_labels(seed: int, batch: int, steps: int, vocab: int, masked: int):
@@ -76,6 +88,13 @@ def check_completion_loss(completion_loss):
              Case(_logits_and_labels(1, 3, 6, 7, 1), about="3 rows, 1 prompt token"),
              Case(_logits_and_labels(2, 1, 12, 50, 8), about="1 row, long prompt")]
     return check("Exercise 03.3 (completion_loss)", completion_loss, reference_completion_loss, cases,
-                 hint="drop the last position of the logits and the first of the labels (the logits at t "
-                      "predict token t + 1), then F.cross_entropy(..., ignore_index=-100) on the flattened "
-                      "tensors: the mean over the positions that count.")
+                 hint=("The logits at position t predict the token at t + 1, so shift predictions and "
+                       "labels by one against each other before comparing (without it the model is scored "
+                       "on copying its input). Then average the cross-entropy over the positions whose "
+                       "label is not -100 only: prompt and padding do not count.",
+                       "Drop the last position of the logits (logits[:, :-1]) and the first of the labels "
+                       "(labels[:, 1:]); flatten them to (B * (T - 1), V) and (B * (T - 1),); "
+                       "torch.nn.functional.cross_entropy with ignore_index=-100 averages over the rest.",
+                       "V = logits.size(-1)\n"
+                       "  return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, V), "
+                       "labels[:, 1:].reshape(-1), ignore_index=-100)"))

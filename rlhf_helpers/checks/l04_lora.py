@@ -70,9 +70,13 @@ def check_lora_forward(attempt: Callable) -> Callable:
     __tracebackhide__ = True
     return check("Exercise 04.1 (a LoRA layer's forward pass)", attempt, reference_lora_forward,
                  lora_forward_cases(),
-                 hint="W is (out, in) as in nn.Linear, so the frozen path is x @ W.T + b. The LoRA path goes "
-                 "down to r dimensions with A (r, in), then up with B (out, r): (x @ A.T) @ B.T. Scale it "
-                 "by alpha / r, where r = A.shape[0], not by alpha alone.")
+                 hint=("The output is the frozen layer's plus LoRA's low-rank update. W is stored (out, in), "
+                       "as in nn.Linear, so it is used transposed. The update goes down from in to r "
+                       "dimensions with A (r, in), then up to out with B (out, r), and is scaled by alpha / r "
+                       "(r is the number of rows of A), not by alpha alone.",
+                       "Frozen path: x @ W.T + b. LoRA path: (x @ A.T) @ B.T, of shape (..., out). Add the "
+                       "LoRA path times alpha / r, with r = A.shape[0].",
+                       "return x @ W.T + b + (alpha / A.shape[0]) * ((x @ A.T) @ B.T)"))
 
 
 def check_lora_forward_conv1d(attempt: Callable) -> Callable:
@@ -80,9 +84,12 @@ def check_lora_forward_conv1d(attempt: Callable) -> Callable:
     __tracebackhide__ = True
     return check("Exercise 04.2 (LoRA on GPT-2's Conv1D layout)", attempt, reference_lora_forward_conv1d,
                  lora_forward_cases(conv1d=True),
-                 hint="Here W is stored (in, out), the transpose of nn.Linear's, so the frozen path is "
-                 "x @ W + b, with no .T. A (r, in) and B (out, r) keep nn.Linear's layout, as in peft: "
-                 "the LoRA path is still (alpha / r) * (x @ A.T) @ B.T.")
+                 hint=("The same layer, stored differently: GPT-2's Conv1D keeps W as (in, out), the "
+                       "transpose of nn.Linear's, so the frozen path needs no transpose. A (r, in) and "
+                       "B (out, r) keep nn.Linear's layout, as in peft, so the LoRA path is as in 04.1.",
+                       "Frozen path: x @ W + b, with no .T. LoRA path, still scaled by alpha / r with "
+                       "r = A.shape[0]: (x @ A.T) @ B.T.",
+                       "return x @ W + b + (alpha / A.shape[0]) * ((x @ A.T) @ B.T)"))
 
 
 def merged_weight_cases() -> list[Case]:
@@ -105,7 +112,7 @@ def check_merged_weight(attempt: Callable) -> Callable:
     return check("Exercise 04.3 (merging the update into W)", attempt, reference_merged_weight,
                  merged_weight_cases(),
                  hint=("The merged weight computes both paths at once, and must be a NEW tensor: "
-                       "the base weight W stays as it was (`W += ...` would change the model).",
+                       "the base weight W stays as it was (updating it in place would change the model).",
                        "W is (out, in); B @ A is (out, r) @ (r, in) = (out, in), the same shape (A @ B "
                        "is not). Scale it by alpha / r, with r = A.shape[0].",
                        "return W + (alpha / A.shape[0]) * (B @ A)"))
@@ -128,6 +135,10 @@ def check_count_lora_parameters(attempt: Callable) -> Callable:
     __tracebackhide__ = True
     return check("Exercise 04.4 (counting LoRA's trainable parameters)", attempt,
                  reference_count_lora_parameters, count_cases(),
-                 hint="Each adapted layer (in, out) adds A with r * in numbers and B with out * r: "
-                 "r * (in + out), not r * in * out, and not the frozen in * out. Sum over the layers "
-                 "(an empty list gives 0).")
+                 hint=("Only the adapters train: for each adapted layer, A holds r rows of `in` numbers "
+                       "and B holds `out` rows of r numbers. The frozen weight (in times out) does not "
+                       "count, and the adapters are not r times in times out either. Sum over the layers "
+                       "(no layers: 0).",
+                       "Per layer (in, out): r * in for A plus out * r for B, that is r * (in + out). "
+                       "Sum that over the list of shapes.",
+                       "return sum(r * (n_in + n_out) for n_in, n_out in shapes)"))

@@ -41,8 +41,9 @@ def check_preference_probability(preference_probability):
     ]
     return check("Exercise 05.1 (preference_probability)", preference_probability,
                  reference_preference_probability, cases,
-                 hint=("Bradley-Terry: P(a beats b) = exp(r_a) / (exp(r_a) + exp(r_b)). Right on paper, "
-                       "but exp() overflows for large rewards: rewrite it so that only r_a - r_b appears.",
+                 hint=("Under Bradley-Terry, the probability that a beats b is exp(r_a) divided by "
+                       "exp(r_a) + exp(r_b). Right on paper, but exp() overflows for large rewards: rewrite "
+                       "it so that only the difference r_a - r_b appears.",
                        "Divide top and bottom by exp(r_a): 1 / (1 + exp(-(r_a - r_b))), the logistic "
                        "sigmoid of the difference.",
                        "return torch.sigmoid(reward_a - reward_b)"))
@@ -59,9 +60,15 @@ def check_pairwise_loss(pairwise_loss):
              about="confident pairs, one very wrong: sigmoid(-100) is 0 in float32"),
     ]
     return check("Exercise 05.2 (pairwise_loss)", pairwise_loss, reference_pairwise_loss, cases,
-                 hint="the loss is the MEAN over pairs of -log sigmoid(r_chosen - r_rejected): the difference "
-                      "first, chosen minus rejected, then F.logsigmoid (log(sigmoid(x)) gives log(0) = -inf "
-                      "for a very wrong pair), then minus the mean; a scalar tensor.")
+                 hint=("The loss is the negative log-likelihood of the labels under Bradley-Terry: for "
+                       "each pair, minus the log of the probability that the chosen answer beats the "
+                       "rejected one (05.1), averaged over the pairs into one number. Mind the order "
+                       "(chosen against rejected), and a very wrong pair: its probability rounds to 0, "
+                       "whose log is -inf.",
+                       "Per pair: -log sigmoid(r_chosen - r_rejected). torch.nn.functional.logsigmoid "
+                       "computes log(sigmoid(x)) without rounding to 0 first. Take minus its mean over the "
+                       "pairs: a scalar tensor, not the sum.",
+                       "return -torch.nn.functional.logsigmoid(chosen_rewards - rejected_rewards).mean()"))
 
 
 def _right_padded(lengths: list[int], width: int | None = None) -> torch.Tensor:

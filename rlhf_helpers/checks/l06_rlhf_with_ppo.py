@@ -122,10 +122,20 @@ def check_per_token_rewards(per_token_rewards):
         reward_case(3, [3, 2], 7, 0.0, about="beta=0: the score alone, at the last real token"),
     ]
     return check("Exercise 06.1 (per_token_rewards)", per_token_rewards, reference_per_token_rewards, cases,
-                 hint="kl = (logprobs - ref_logprobs) * mask (the policy's minus the reference's: positive when "
-                      "the policy likes its sample more than the reference does); rewards = -beta * kl; then add "
-                      "scores[i] at row i's last real token, index mask[i].sum() - 1 (not the last column: "
-                      "short responses end before it). Return (rewards, kl).")
+                 hint=("Every real token pays for drifting from the reference model: minus beta times "
+                       "the log-ratio of the policy's and the reference's probability of the sampled token "
+                       "(positive when the policy likes it more). The reward model's score is added once, "
+                       "at the LAST REAL token of each response, which for a short response comes before "
+                       "the last column. Both outputs are 0 on padding, whatever sits under it.",
+                       "kl: (logprobs - ref_logprobs) times the mask; rewards: -beta * kl. Row i's last "
+                       "real token is at index mask[i].sum() - 1: add scores[i] there (index the rows with "
+                       "torch.arange(B) and the columns with those indices). Return (rewards, kl).",
+                       "mask = mask.to(logprobs.dtype)\n"
+                       "  kl = (logprobs - ref_logprobs) * mask\n"
+                       "  rewards = -beta * kl\n"
+                       "  last = mask.sum(dim=1).long() - 1\n"
+                       "  rewards[torch.arange(rewards.size(0)), last] += scores\n"
+                       "  return rewards, kl"))
 
 
 def check_gae(gae):
@@ -137,10 +147,27 @@ def check_gae(gae):
         gae_case(3, [3, 1], 5, 0.99, 0.0, about="lam=0: one-step TD errors"),
     ]
     return check("Exercise 06.2 (gae)", gae, reference_gae, cases,
-                 hint="zero the rewards and values under the padding first (rewards * mask, values * mask), so "
-                      "nothing is bootstrapped past a row's end; then loop t from the LAST column to the first: "
-                      "delta = r_t + gamma * V_{t+1} - V_t (V after the last column is 0), "
-                      "A_t = delta + gamma * lam * A_{t+1}; mask the advantages; returns = advantages + values.")
+                 hint=("A token's advantage is how much better things went than the value model "
+                       "expected: this step's surprise (its reward plus the next value, minus its own "
+                       "value), plus the later surprises discounted by gamma times lam. So compute it "
+                       "backwards, from the end. Nothing may come from past a row's last real token: the "
+                       "padding holds garbage that must never be read or bootstrapped from.",
+                       "Zero rewards and values under the padding (multiply by the mask). For t from the "
+                       "last column down to 0: delta_t = r_t + gamma * V_{t+1} - V_t (V after the last "
+                       "column is 0), A_t = delta_t + gamma * lam * A_{t+1}. Mask the advantages; the "
+                       "returns are advantages + values.",
+                       "mask = mask.to(values.dtype)\n"
+                       "  rewards, values = rewards * mask, values * mask\n"
+                       "  advantages = torch.zeros_like(rewards)\n"
+                       "  running = torch.zeros_like(rewards[:, 0])\n"
+                       "  T = rewards.size(1)\n"
+                       "  for t in reversed(range(T)):\n"
+                       "      next_value = values[:, t + 1] if t + 1 < T else torch.zeros_like(running)\n"
+                       "      delta = rewards[:, t] + gamma * next_value - values[:, t]\n"
+                       "      running = delta + gamma * lam * running\n"
+                       "      advantages[:, t] = running\n"
+                       "  advantages = advantages * mask\n"
+                       "  return advantages, advantages + values"))
 
 
 def check_masked_whiten(masked_whiten):
@@ -152,9 +179,19 @@ def check_masked_whiten(masked_whiten):
         whiten_case(3, [2, 1], 3, 5.0, 10.0, about="three real values only"),
     ]
     return check("Exercise 06.3 (masked_whiten)", masked_whiten, reference_masked_whiten, cases,
-                 hint="over the real values only: mean = sum(x * mask) / sum(mask); the variance with Bessel's "
-                      "correction, sum(((x - mean) * mask) ** 2) / (n - 1) with n = sum(mask); return "
-                      "(x - mean) / sqrt(var + 1e-8), with 0 wherever mask is 0.")
+                 hint=("Whitening rescales the values to mean 0 and variance 1, so the step size does not "
+                       "depend on the reward's scale. Both statistics come from the real tokens only (the "
+                       "padding holds garbage that would drag them); the variance is the unbiased one "
+                       "(divided by n - 1), a tiny 1e-8 is added before the square root, and the padding "
+                       "comes out 0.",
+                       "With n = sum(mask): mean = sum(x * mask) / n; var = sum(((x - mean) * mask) ** 2) / "
+                       "(n - 1); the result is (x - mean) / sqrt(var + 1e-8) where mask is 1, and 0 where it "
+                       "is 0 (torch.where).",
+                       "mask = mask.bool()\n"
+                       "  n = mask.sum()\n"
+                       "  mean = torch.where(mask, x, 0.0).sum() / n\n"
+                       "  var = torch.where(mask, (x - mean) ** 2, 0.0).sum() / (n - 1)\n"
+                       "  return torch.where(mask, (x - mean) / torch.sqrt(var + 1e-8), 0.0)"))
 
 
 def check_clipped_policy_loss(clipped_policy_loss):
@@ -170,7 +207,9 @@ def check_clipped_policy_loss(clipped_policy_loss):
                        "per token, the more pessimistic of the plain and the clipped term; padding "
                        "tokens must not count in the mean. The check tries ratios far from 1.",
                        "ratio = exp(new_logprobs - old_logprobs); as a loss (to minimise): "
-                       "max(-A * ratio, -A * clamp(ratio, 1 - eps, 1 + eps)), then the mean over the "
+                       "max(-A * ratio, -A * clamp(ratio, 1 - clip_eps, 1 + clip_eps)), then the mean over the "
                        "real tokens: sum(loss * mask) / sum(mask).",
-                       "ratio = (new_logprobs - old_logprobs).exp(); loss = torch.max(-advantages * ratio, "
-                       "-advantages * ratio.clamp(1 - eps, 1 + eps)); return (loss * mask).sum() / mask.sum()"))
+                       "ratio = (new_logprobs - old_logprobs).exp()\n"
+                       "  loss = torch.max(-advantages * ratio, "
+                       "-advantages * ratio.clamp(1 - clip_eps, 1 + clip_eps))\n"
+                       "  return (loss * mask).sum() / mask.sum()"))

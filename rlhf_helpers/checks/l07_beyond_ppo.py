@@ -49,10 +49,17 @@ def check_dpo_loss(dpo_loss):
         Case((pc[:1], pr[:1], rc[:1], rr[:1]), {"beta": 0.3}, about="one pair"),
     ]
     return check("Exercise 07.1 (dpo_loss)", dpo_loss, reference_dpo_loss, cases,
-                 hint="the implicit reward of an answer is beta * (log pi(y) - log ref(y)); the loss is lesson 05's "
-                      "Bradley-Terry loss on those rewards: -F.logsigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r))), "
-                      "then the MEAN over pairs (a scalar). Subtract the reference, multiply by beta inside the "
-                      "sigmoid, and use logsigmoid, not log(sigmoid) (it underflows).")
+                 hint=("DPO needs no reward model: an answer's implicit reward is beta times how much "
+                       "likelier the policy makes it than the reference does (a difference of "
+                       "log-probabilities). The loss is lesson 05's pairwise loss on those rewards, chosen "
+                       "against rejected, averaged over the pairs. Usual slips: leaving out the reference, "
+                       "beta outside the log-sigmoid, a sum instead of a mean.",
+                       "margin = (pi_chosen - ref_chosen) - (pi_rejected - ref_rejected), from the summed "
+                       "log-probabilities; the loss is minus the mean over pairs of log sigmoid(beta * "
+                       "margin). Use torch.nn.functional.logsigmoid: log of sigmoid underflows for large margins.",
+                       "margin = ((policy_chosen_logps - ref_chosen_logps)\n"
+                       "            - (policy_rejected_logps - ref_rejected_logps))\n"
+                       "  return -torch.nn.functional.logsigmoid(beta * margin).mean()"))
 
 
 def check_group_advantages(group_advantages):
@@ -67,8 +74,15 @@ def check_group_advantages(group_advantages):
         Case((torch.randn(5, generator=g), 5), about="one prompt"),
     ]
     return check("Exercise 07.2 (group_advantages)", group_advantages, reference_group_advantages, cases,
-                 hint="view the flat rewards as (n_prompts, group_size) (a prompt's answers are next to each other), "
-                      "subtract each ROW's mean and divide by that row's std (torch.std, unbiased) plus eps, then "
-                      "flatten back. Normalising over the whole batch, or dividing by std without eps, is wrong. "
-                      "(This is Shao et al.'s convention, trl's scale_rewards='group'; Dr. GRPO's centring "
-                      "without the division is a published variant, but not the one this lesson trains.)")
+                 hint=("GRPO judges each answer against the other answers to the SAME prompt: subtract "
+                       "its group's mean reward and divide by its group's standard deviation plus eps (eps "
+                       "keeps a group of equal rewards at 0, not NaN). The rewards come flat, a prompt's "
+                       "group_size answers next to each other; normalising over the whole batch is wrong.",
+                       "View the rewards as (n_prompts, group_size); per row, the mean and the unbiased std "
+                       "(torch.std's default), keeping the dimension; (grouped - mean) / (std + eps); "
+                       "flatten back. (Shao et al.'s convention, trl's scale_rewards='group'; Dr. GRPO's "
+                       "centring without the division is a published variant, not the one this lesson trains.)",
+                       "grouped = rewards.view(-1, group_size)\n"
+                       "  mean = grouped.mean(dim=1, keepdim=True)\n"
+                       "  std = grouped.std(dim=1, keepdim=True)\n"
+                       "  return ((grouped - mean) / (std + eps)).reshape(-1)"))
