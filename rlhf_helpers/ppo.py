@@ -507,12 +507,15 @@ def score_responses(prompts: list[str], texts: list[str], sequences: torch.Tenso
 
 
 @torch.no_grad()
-def make_experience(policy, ref_model, value_model, tokenizer, prompts: list[str], config: PPOConfig,
-                    beta: float, reward_model=None, reward_fn=None,
-                    reward_stats: tuple[float, float] = (0.0, 1.0)) -> dict:
-    """Steps 1 to 4 for one batch of prompts: sample, score, reward, and compute advantages.
+def rollout(policy, ref_model, value_model, tokenizer, prompts: list[str], config: PPOConfig,
+            reward_model=None, reward_fn=None, reward_stats: tuple[float, float] = (0.0, 1.0)) -> dict:
+    """Steps 1 and 2 for one batch of prompts: sample answers, and score them.
 
-    Returns a dict of tensors (one row per response) and the response texts under ``"texts"``.
+    Returns a dict of tensors, one row per answer: the ``sequences`` (prompt then answer) with
+    their ``attention_mask``; the ``responses``, their ``mask`` (1 on real tokens) and ``has_end``;
+    the policy's ``logprobs`` of its own tokens and the reference's ``ref_logprobs``; the value
+    model's ``values``; the ``raw_scores`` and normalised ``scores``; the mean ``entropy``; and
+    the answers as ``texts``. Everything the rest of the step needs, computed without gradients.
     """
     device = next(policy.parameters()).device
     end_id, pad_id = special_ids(tokenizer)
@@ -533,48 +536,102 @@ def make_experience(policy, ref_model, value_model, tokenizer, prompts: list[str
     last_index = attention_mask.size(1) - mask.size(1) + mask.sum(1) - 1
     raw = score_responses(prompts, texts, sequences, attention_mask, last_index, reward_model, reward_fn)
     scores = normalise_scores(raw, reward_stats, has_end, config.missing_eos_penalty)
-    # 3. per-token rewards: the KL penalty everywhere, the score at the end
-    rewards, kl = per_token_rewards(scores, logprobs, ref_logprobs, mask, beta)
-    # 4. advantages and returns; advantages whitened over the batch
-    advantages, returns = gae(rewards, values, mask, config.gamma, config.lam)
     return dict(sequences=sequences, attention_mask=attention_mask, responses=responses, mask=mask,
-                has_end=has_end, logprobs=logprobs, values=values, raw_scores=raw, scores=scores,
-                rewards=rewards, kl=kl, returns=returns, advantages=masked_whiten(advantages, mask),
-                entropy=entropy, explained_variance=explained_variance(values, returns, mask), texts=texts)
+                has_end=has_end, logprobs=logprobs, ref_logprobs=ref_logprobs, values=values,
+                raw_scores=raw, scores=scores, entropy=entropy, texts=texts)
+
+
+@torch.no_grad()
+def make_experience(policy, ref_model, value_model, tokenizer, prompts: list[str], config: PPOConfig,
+                    beta: float, reward_model=None, reward_fn=None,
+                    reward_stats: tuple[float, float] = (0.0, 1.0)) -> dict:
+    """Steps 1 to 4 for one batch of prompts: a ``rollout``, then rewards, advantages and returns.
+
+    Returns the rollout's dict with ``rewards`` and ``kl`` (per token), ``returns``, the
+    ``advantages`` whitened over the batch, and the ``explained_variance`` of the values.
+    """
+    batch = rollout(policy, ref_model, value_model, tokenizer, prompts, config, reward_model, reward_fn,
+                    reward_stats)
+    mask = batch["mask"]
+    # 3. per-token rewards: the KL penalty everywhere, the score at the end
+    rewards, kl = per_token_rewards(batch["scores"], batch["logprobs"], batch["ref_logprobs"], mask, beta)
+    # 4. advantages and returns; advantages whitened over the batch
+    advantages, returns = gae(rewards, batch["values"], mask, config.gamma, config.lam)
+    return {**batch, "rewards": rewards, "kl": kl, "returns": returns, "advantages": masked_whiten(advantages, mask),
+            "explained_variance": explained_variance(batch["values"], returns, mask)}
+
+
+def minibatches(batch: dict, config: PPOConfig, generator: torch.Generator | None = None):
+    """``ppo_epochs`` passes over the batch, each in a fresh random order, in minibatches of
+    ``mini_batch_size`` rows: dicts holding the batch's per-row tensors."""
+    n = batch["responses"].size(0)
+    for _ in range(config.ppo_epochs):
+        order = torch.randperm(n, generator=generator).to(batch["responses"].device)
+        for start in range(0, n, config.mini_batch_size):
+            rows = order[start:start + config.mini_batch_size]
+            yield {k: v[rows] for k, v in batch.items() if isinstance(v, torch.Tensor) and v.dim() > 0}
+
+
+def new_logprobs_and_values(policy, value_model, minibatch: dict, config: PPOConfig):
+    """The *current* policy's log-probabilities of a minibatch's sampled tokens, and the current
+    values of the same states, with gradients: what the two losses compare with the rollout's."""
+    response_len = minibatch["responses"].size(1)
+    logits = response_logits(policy, minibatch["sequences"], minibatch["attention_mask"], response_len)
+    new_logprobs = logprobs_from_logits(logits, minibatch["responses"], config.temperature)
+    new_values = value_model(minibatch["sequences"], minibatch["attention_mask"])[:, -response_len - 1:-1]
+    return new_logprobs, new_values
 
 
 def ppo_update(policy, value_model, optimizer, batch: dict, config: PPOConfig,
                generator: torch.Generator | None = None) -> dict[str, float]:
-    """Step 5: ``ppo_epochs`` passes over shuffled minibatches; returns the mean of each statistic."""
+    """Step 5: one gradient step per minibatch (``minibatches``); returns the mean of each statistic."""
     policy.train()  # dropout is 0 (``disable_dropout``), so train and eval modes compute the same
     value_model.train()
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    n, response_len = batch["responses"].shape
     names = ("policy_loss", "approx_kl", "clip_frac", "value_loss", "value_clip_frac")
     stats: dict[str, list[float]] = {name: [] for name in names}
-    for _ in range(config.ppo_epochs):
-        order = torch.randperm(n, generator=generator).to(batch["responses"].device)
-        for start in range(0, n, config.mini_batch_size):
-            mb = {k: v[order[start:start + config.mini_batch_size]] for k, v in batch.items()
-                  if isinstance(v, torch.Tensor) and v.dim() > 0}
-            # the current policy's log-probabilities and the current values of the same tokens
-            logits = response_logits(policy, mb["sequences"], mb["attention_mask"], response_len)
-            new_logprobs = logprobs_from_logits(logits, mb["responses"], config.temperature)
-            new_values = value_model(mb["sequences"], mb["attention_mask"])[:, -response_len - 1:-1]
-            pg_loss, clip_frac, approx_kl = policy_loss(new_logprobs, mb["logprobs"], mb["advantages"],
-                                                        mb["mask"], config.clip_eps)
-            vf_loss, vf_clip_frac = value_loss(new_values, mb["values"], mb["returns"], mb["mask"],
-                                               config.clip_range_value)
-            # one gradient step on both models
-            optimizer.zero_grad(set_to_none=True)
-            (pg_loss + config.vf_coef * vf_loss).backward()
-            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-            optimizer.step()
-            for key, value in zip(stats, (pg_loss, approx_kl, clip_frac, vf_loss, vf_clip_frac)):
-                stats[key].append(value.item())
+    for mb in minibatches(batch, config, generator):
+        new_logprobs, new_values = new_logprobs_and_values(policy, value_model, mb, config)
+        pg_loss, clip_frac, approx_kl = policy_loss(new_logprobs, mb["logprobs"], mb["advantages"],
+                                                    mb["mask"], config.clip_eps)
+        vf_loss, vf_clip_frac = value_loss(new_values, mb["values"], mb["returns"], mb["mask"],
+                                           config.clip_range_value)
+        # one gradient step on both models
+        optimizer.zero_grad(set_to_none=True)
+        (pg_loss + config.vf_coef * vf_loss).backward()
+        torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        optimizer.step()
+        for key, value in zip(stats, (pg_loss, approx_kl, clip_frac, vf_loss, vf_clip_frac)):
+            stats[key].append(value.item())
     policy.eval()
     value_model.eval()
     return {key: sum(values) / len(values) for key, values in stats.items()}
+
+
+def step_metrics(batch: dict, update: dict[str, float], seconds: float, beta: float) -> dict[str, float]:
+    """What one PPO step reports, from its experience ``batch`` and its ``update``'s statistics.
+
+    ``score_raw`` (the reward model's, before normalising) and ``score`` (normalised,
+    missing-end penalty applied), ``kl`` (sum over a response of logprob - ref_logprob, mean over
+    the batch), ``beta`` (used this step), ``reward`` (score - beta * kl, what PPO maximises),
+    ``entropy`` (nats per token, at the sampling temperature), the update's statistics (such as
+    ``policy_loss``, ``approx_kl``: k3, old vs new policy, ``clip_frac``, ``value_loss``),
+    ``explained_variance`` (of the rollout's values, if the batch has it), ``response_length``
+    (real tokens), ``end_rate`` (fraction that ended), ``tokens_per_s`` (response tokens per
+    second of the whole step) and ``seconds``.
+    """
+    tokens = batch["mask"].sum().item()
+    n = batch["responses"].size(0)
+    metrics = {
+        "score_raw": batch["raw_scores"].mean().item(), "score": batch["scores"].mean().item(),
+        "kl": batch["kl"].sum(1).mean().item(), "beta": beta, "reward": batch["rewards"].sum(1).mean().item(),
+        "entropy": batch["entropy"].item(), **update,
+        "response_length": tokens / n, "end_rate": batch["has_end"].float().mean().item(),
+        "tokens_per_s": tokens / seconds, "seconds": seconds,
+    }
+    if "explained_variance" in batch:
+        metrics["explained_variance"] = batch["explained_variance"]
+    return metrics
 
 
 def ppo_step(policy, ref_model, value_model, optimizer, tokenizer, prompts: list[str], config: PPOConfig,
@@ -582,32 +639,16 @@ def ppo_step(policy, ref_model, value_model, optimizer, tokenizer, prompts: list
              gold_fn=None, generator: torch.Generator | None = None) -> tuple[dict, list[str]]:
     """One PPO step on one batch of prompts; returns ``(metrics, response texts)``.
 
-    The metrics: ``score_raw`` (the reward model's, before normalising) and ``score`` (normalised,
-    missing-end penalty applied), ``gold`` (mean of ``gold_fn(prompts, responses)``, only with a
-    ``gold_fn``), ``kl`` (sum over a response of logprob - ref_logprob, mean over the batch),
-    ``beta`` (used this step), ``reward`` (score - beta * kl, what PPO maximises), ``entropy``
-    (nats per token, at the sampling temperature), the update's ``policy_loss``, ``approx_kl``
-    (k3, old vs new policy), ``clip_frac``, ``value_loss`` and ``value_clip_frac``,
-    ``explained_variance`` (of the rollout's values), ``response_length`` (real tokens),
-    ``end_rate`` (fraction that ended), ``tokens_per_s`` (response tokens per second of the whole
-    step) and ``seconds``.
+    The metrics are ``step_metrics``'s, and ``gold`` (mean of ``gold_fn(prompts, responses)``),
+    only with a ``gold_fn``.
     """
     start = time.perf_counter()
     beta = kl_ctl.value
     batch = make_experience(policy, ref_model, value_model, tokenizer, prompts, config, beta,
                             reward_model, reward_fn, reward_stats)
     update = ppo_update(policy, value_model, optimizer, batch, config, generator)
-    kl = batch["kl"].sum(1).mean().item()
-    kl_ctl.update(kl, len(prompts))  # the price of KL for the next step
-    seconds = time.perf_counter() - start
-    tokens = batch["mask"].sum().item()
-    metrics = {
-        "score_raw": batch["raw_scores"].mean().item(), "score": batch["scores"].mean().item(),
-        "kl": kl, "beta": beta, "reward": batch["rewards"].sum(1).mean().item(),
-        "entropy": batch["entropy"].item(), **update, "explained_variance": batch["explained_variance"],
-        "response_length": tokens / len(prompts), "end_rate": batch["has_end"].float().mean().item(),
-        "tokens_per_s": tokens / seconds, "seconds": seconds,
-    }
+    kl_ctl.update(batch["kl"].sum(1).mean().item(), len(prompts))  # the price of KL for the next step
+    metrics = step_metrics(batch, update, time.perf_counter() - start, beta)
     if gold_fn is not None:
         gold = gold_fn(prompts, batch["texts"])
         metrics["gold"] = sum(gold) / len(gold)

@@ -260,10 +260,11 @@ class LivePlot:
 
     In Jupyter it clears the cell's output and shows the new grid (``clear_output(wait=True)``)
     with the last batch's first answers under it; outside Jupyter it does nothing but record.
+    ``metrics`` are the panels, ``(key, label)`` pairs (default: every metric of ``ppo_step``).
     """
 
-    def __init__(self, every: int = 5, total: int | None = None, samples: int = 2):
-        self.every, self.total, self.samples = every, total, samples
+    def __init__(self, every: int = 5, total: int | None = None, samples: int = 2, metrics=METRICS):
+        self.every, self.total, self.samples, self.metrics = every, total, samples, metrics
         self.history: list[dict] = []
 
     def __call__(self, metrics: dict, prompts: list[str], responses: list[str]) -> None:
@@ -280,7 +281,7 @@ class LivePlot:
             return
         import matplotlib.pyplot as plt
 
-        fig = plot_history(self.history, title=f"PPO step {metrics['step']}" +
+        fig = plot_history(self.history, self.metrics, title=f"PPO step {metrics['step']}" +
                            (f" of {self.total}" if self.total else ""))
         clear_output(wait=True)
         seconds = sum(row["seconds"] for row in self.history)

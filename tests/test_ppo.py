@@ -471,3 +471,56 @@ def test_ppo_increases_a_simple_reward():
     first, last = history[0]["score_raw"], sum(row["score_raw"] for row in history[-5:]) / 5
     assert first < 1.0 and last > 3.0, (first, last, seconds)
     assert history[-1]["kl"] > history[0]["kl"]  # it paid for the reward by moving away from the reference
+
+
+def test_minibatches_visit_every_row_once_per_epoch():
+    config = ppo.PPOConfig(batch_size=6, mini_batch_size=2, ppo_epochs=3)
+    batch = {"responses": torch.arange(6).view(6, 1), "mask": torch.ones(6, 1), "texts": ["a"] * 6, "kl_sum": 1.0}
+    seen = [mb["responses"].flatten().tolist() for mb in ppo.minibatches(batch, config, torch.Generator().manual_seed(0))]
+    assert len(seen) == 9 and all(len(rows) == 2 for rows in seen)
+    for epoch in range(3):
+        assert sorted(sum(seen[3 * epoch:3 * epoch + 3], [])) == list(range(6))
+    assert set(seen[0]) != set(seen[3]) or set(seen[1]) != set(seen[4]), "each epoch is shuffled afresh"
+    assert set(next(ppo.minibatches(batch, config))) == {"responses", "mask"}, "only per-row tensors travel"
+
+
+def _step_from_parts(policy, ref, value_model, optimizer, tokenizer, prompts, config, whiten=True):
+    """ppo_step's maths written out from its parts, as lesson 06 has the learner write it."""
+    batch = ppo.rollout(policy, ref, value_model, tokenizer, prompts, config, reward_fn=count_t7)
+    rewards, kl = ppo.per_token_rewards(batch["scores"], batch["logprobs"], batch["ref_logprobs"], batch["mask"], 0.1)
+    advantages, returns = ppo.gae(rewards, batch["values"], batch["mask"], config.gamma, config.lam)
+    if whiten:
+        advantages = ppo.masked_whiten(advantages, batch["mask"])
+    batch = {**batch, "rewards": rewards, "kl": kl, "returns": returns, "advantages": advantages}
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for mb in ppo.minibatches(batch, config, torch.Generator().manual_seed(0)):
+        new_logprobs, new_values = ppo.new_logprobs_and_values(policy, value_model, mb, config)
+        loss = ppo.policy_loss(new_logprobs, mb["logprobs"], mb["advantages"], mb["mask"], config.clip_eps)[0]
+        loss = loss + config.vf_coef * ppo.value_loss(new_values, mb["values"], mb["returns"], mb["mask"],
+                                                      config.clip_range_value)[0]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        optimizer.step()
+
+
+@pytest.mark.parametrize("whiten", [True, False])
+def test_ppo_step_is_its_parts_and_the_comparison_sees_a_missing_one(whiten):
+    """Lesson 06 compares the learner's step with ppo_step by their weights; a step without the
+    whitening (the control) must not pass that comparison."""
+    tokenizer, prompts = tiny_tokenizer(), ["t4 t5", "t6", "t7 t8 t9", "t10"]
+    config = ppo.PPOConfig(batch_size=4, mini_batch_size=2, ppo_epochs=2, max_new_tokens=6, temperature=0.7, lr=1e-2)
+    trained = {}
+    for name in ("ppo_step", "parts"):
+        policy = ppo.disable_dropout(tiny_policy())
+        ref, value_model = copy.deepcopy(policy), ppo.value_model_from_causal_lm(copy.deepcopy(policy))
+        optimizer = ppo.make_optimizer(policy, value_model, config.lr)
+        torch.manual_seed(0)
+        if name == "ppo_step":
+            ppo.ppo_step(policy, ref, value_model, optimizer, tokenizer, prompts, config, ppo.FixedKLController(0.1),
+                         reward_fn=count_t7, generator=torch.Generator().manual_seed(0))
+        else:
+            _step_from_parts(policy, ref, value_model, optimizer, tokenizer, prompts, config, whiten)
+        trained[name] = policy
+    gap = max((a - b).abs().max().item() for a, b in zip(*(params(m) for m in trained.values())))
+    assert (gap < 1e-6) == whiten, gap
