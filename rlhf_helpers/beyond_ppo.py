@@ -141,7 +141,7 @@ def dpo_path() -> Path:
     from rlhf_helpers import artifacts
 
     return artifacts.fetch("dpo", {**beyond_config(), "stage": "dpo", "seed": DPO_SEED}, _build_dpo,
-                           made_by="lesson 07 (rlhf_helpers.beyond_ppo)")
+                           made_by="lesson 07 (rlhf_helpers.beyond_ppo)", together=True)
 
 
 def load_dpo_model():
@@ -279,7 +279,7 @@ def grpo_path(reward_name: str = "model") -> Path:
     if reward_name not in GRPO_REWARDS:
         raise ValueError(f"reward_name must be one of {GRPO_REWARDS}, got {reward_name!r}.")
     return artifacts.fetch(stage, {**beyond_config(), "stage": stage, "seed": GRPO_SEED}, _build_grpo(reward_name),
-                           made_by="lesson 07 (rlhf_helpers.beyond_ppo)")
+                           made_by="lesson 07 (rlhf_helpers.beyond_ppo)", together=True)
 
 
 def load_grpo_model(reward_name: str = "model"):

@@ -139,7 +139,7 @@ def sft_lora_path():
     from rlhf_helpers.env import get_profile
 
     return artifacts.fetch("sft_lora", _config("sft_lora", get_profile()), _build_sft_lora,
-                           made_by="lesson 04 (rlhf_helpers.peft_sft)")
+                           made_by="lesson 04 (rlhf_helpers.peft_sft)", together=True)
 
 
 def load_sft_lora(adapter_name: str = "default", trainable: bool = False):
@@ -199,7 +199,7 @@ def peft_comparison_path():
     from rlhf_helpers.env import get_profile
 
     return artifacts.fetch("peft_comparison", _config("peft_comparison", get_profile()), _build_comparison,
-                           made_by="lesson 04 (rlhf_helpers.peft_sft)")
+                           made_by="lesson 04 (rlhf_helpers.peft_sft)", together=True)
 
 
 def peft_comparison() -> list[dict]:

@@ -496,7 +496,7 @@ def reward_model_path() -> Path:
     if labels_source() != "simulated":  # before building anything: enough labels? (bad rows are named when it builds)
         own_comparisons({c.prompt for c in simulated_comparisons()[1]}, labels_file(), verbose=False)
     return artifacts.fetch("reward_model", reward_config(), _build_reward_model,
-                           made_by="lesson 05 (rlhf_helpers.reward)")
+                           made_by="lesson 05 (rlhf_helpers.reward)", together=True)
 
 
 def load_reward_model():

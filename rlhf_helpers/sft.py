@@ -248,7 +248,8 @@ def sft_model_path():
     """The folder of the ``sft`` artifact (fine-tuned in about a minute on a CPU, if missing)."""
     from rlhf_helpers import artifacts
 
-    return artifacts.fetch("sft", sft_config(), _build_sft, made_by="lesson 03 (rlhf_helpers.sft)")
+    return artifacts.fetch("sft", sft_config(), _build_sft, made_by="lesson 03 (rlhf_helpers.sft)",
+                           together=True)  # trl's Trainer: under a launch, every process trains it
 
 
 def load_sft_model():
