@@ -75,6 +75,14 @@ def test_the_course_trusts_its_own_notebooks_so_their_stored_widgets_show(tmp_pa
     assert not notary.check_signature(nbformat.read(tmp_path / "elsewhere.ipynb", as_version=4))
 
 
+def test_the_screenshot_script_finds_every_stored_widget():
+    from course.screenshots import widget_cells
+
+    found = {name: len(widget_cells(ROOT / "lessons" / name)) for name in
+             ("00_start_here.ipynb", "05_reward_modelling.ipynb", "07_beyond_ppo.ipynb")}
+    assert found == {"00_start_here.ipynb": 1, "05_reward_modelling.ipynb": 1, "07_beyond_ppo.ipynb": 2}
+
+
 # ---- the environment recipe ------------------------------------------------------------------
 
 def test_setup_installs_from_the_lock_and_registers_the_kernel(tmp_path):
