@@ -7,7 +7,12 @@ Three situations a plain ``jupyter lab`` gets wrong:
 - **no display** (a server, a cloud GPU over SSH) there is no browser to open: the course prints
   the address with its token, and the SSH command that tunnels it to a laptop;
 - **the network**: the server listens on this machine only (127.0.0.1) unless the learner asks
-  for another address with ``--ip``.
+  for another address with ``--ip``;
+- **trust**: JupyterLab draws a stored widget (lesson 00's temperature slider and plot, lesson 05's
+  labelling widget, lesson 07's arena and chat) only in a notebook that this user trusts; in any
+  other it shows the widget's text repr, ``interactive(children=(FloatSlider(...``. Trust is a
+  signature with a per-user key, so the build cannot ship it: the course signs its own notebooks
+  (``jupyter trust``, into the user's Jupyter data folder) each time it starts the server.
 
 This module uses the standard library only; Jupyter runs in the course's environment.
 """
@@ -26,6 +31,7 @@ from course.environment import ROOT, VENV, venv_python
 
 FIRST_LESSON = "lessons/00_start_here.ipynb"
 DEFAULT_PORT = 8888
+TRUSTED_FOLDERS = ("lessons", "solutions")  # the course's own notebooks, whose stored widgets should show
 
 
 def running_as_root() -> bool:
@@ -64,6 +70,27 @@ def lab_command(python: Path, *, ip: str, port: int, token: str, as_root: bool, 
     return command
 
 
+def course_notebooks(root: Path = ROOT) -> list[Path]:
+    return sorted(p for folder in TRUSTED_FOLDERS for p in (root / folder).glob("*.ipynb"))
+
+
+def trust_command(python: Path, notebooks: list[Path]) -> list[str]:
+    """``jupyter trust`` for ``notebooks``: their stored widgets then render when opened, before any run."""
+    return [str(python), "-m", "jupyter", "trust", *map(str, notebooks)]
+
+
+def trust_course_notebooks(python: Path, root: Path = ROOT, env: dict | None = None) -> bool:
+    """Sign the course's notebooks for this user; a failure only costs the widgets' pictures."""
+    notebooks = course_notebooks(root)
+    if not notebooks:
+        return True
+    done = subprocess.run(trust_command(python, notebooks), cwd=root, env=env, capture_output=True, text=True)
+    if done.returncode:
+        print("Could not mark the course's notebooks trusted (`jupyter trust`): stored widgets show as text "
+              "until you run their cells.", (done.stderr.strip().splitlines() or [""])[-1])
+    return done.returncode == 0
+
+
 def lesson_url(ip: str, port: int, token: str, notebook: str = FIRST_LESSON) -> str:
     host = "127.0.0.1" if ip in ("0.0.0.0", "", "127.0.0.1", "localhost") else ip
     return f"http://{host}:{port}/lab/tree/{notebook}?token={token}"
@@ -94,6 +121,7 @@ def main(ip: str = "127.0.0.1", port: int | None = None, open_browser: bool | No
         if ip in ("127.0.0.1", "localhost"):
             print("From your laptop, first tunnel the port over SSH (then open the same address there):")
             print(f"    {tunnel_hint(port)}")
+    trust_course_notebooks(python)
     print("Stop the server with Ctrl+C.", flush=True)
     command = lab_command(python, ip=ip, port=port, token=token, as_root=as_root, open_browser=open_browser)
     try:

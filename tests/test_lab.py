@@ -58,6 +58,31 @@ def test_free_port_skips_a_port_in_use():
         assert lab.free_port(start=port) != port
 
 
+def test_the_course_trusts_its_own_notebooks_so_their_stored_widgets_show(tmp_path):
+    """Untrusted, JupyterLab shows a stored widget as its text repr (course/screenshots.py shows both)."""
+    import nbformat
+    from nbformat.sign import NotebookNotary
+
+    (tmp_path / "lessons").mkdir()
+    nbformat.write(nbformat.v4.new_notebook(), tmp_path / "lessons" / "00_x.ipynb")
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1")]), tmp_path / "elsewhere.ipynb")
+    assert lab.course_notebooks(tmp_path) == [tmp_path / "lessons" / "00_x.ipynb"]
+    data = tmp_path / "jupyter-data"  # the user's signature database, here a scratch one
+    assert lab.trust_course_notebooks(Path(sys.executable), root=tmp_path,
+                                      env={**os.environ, "JUPYTER_DATA_DIR": str(data)})
+    notary = NotebookNotary(data_dir=str(data))
+    assert notary.check_signature(nbformat.read(tmp_path / "lessons" / "00_x.ipynb", as_version=4))
+    assert not notary.check_signature(nbformat.read(tmp_path / "elsewhere.ipynb", as_version=4))
+
+
+def test_the_screenshot_script_finds_every_stored_widget():
+    from course.screenshots import widget_cells
+
+    found = {name: len(widget_cells(ROOT / "lessons" / name)) for name in
+             ("00_start_here.ipynb", "05_reward_modelling.ipynb", "07_beyond_ppo.ipynb")}
+    assert found == {"00_start_here.ipynb": 1, "05_reward_modelling.ipynb": 1, "07_beyond_ppo.ipynb": 2}
+
+
 # ---- the environment recipe ------------------------------------------------------------------
 
 def test_setup_installs_from_the_lock_and_registers_the_kernel(tmp_path):
