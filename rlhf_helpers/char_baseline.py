@@ -6,9 +6,10 @@ AdamW, warm-up then cosine decay) for the same number of seconds. One reads the 
 BPE tokens, the other one character per token (Karpathy's char-level nanoGPT). Both are judged in
 nats per character on the same validation text, so the tokenizer cannot flatter either.
 
-How "the same time" is arranged: ``gpt.train`` counts steps, not seconds. So each model first
-trains a few steps to measure its own speed, then gets as many steps as fit in ``seconds`` of
-training (evaluation time is not counted, for either). A character model's steps are a little
+How "the same time" is arranged: ``gpt.train`` counts steps, not seconds. So the two models first
+take a few steps in turns to measure their speeds under the same conditions (``step_seconds``),
+then each gets as many steps as fit in ``seconds`` of training (evaluation time is not counted,
+for either). A character model's steps are a little
 faster (its output layer has under a hundred rows instead of 2,048), but each step reads less text: a
 window of 128 characters against 128 tokens of about 2.7 characters.
 
@@ -23,6 +24,7 @@ from rlhf_helpers import gpt, stats
 
 SECONDS = 13.0  # training seconds each model gets in the lesson (both fit in lesson 02's budget)
 TIMING_STEPS = 8  # steps that measure a model's speed before its real run
+MIN_STEPS = 60  # on a machine too busy for that many in SECONDS, both models train longer, still for equal time
 SEED = 1337
 UNKNOWN = "\x00"  # stands for a validation character that never occurs in the training text
 
@@ -54,21 +56,42 @@ def _fresh_model(sizes, vocab_size: int) -> gpt.GPT:
     return gpt.GPT(gpt.GPTConfig.from_sizes(sizes, vocab_size=vocab_size))
 
 
-def steps_in(seconds: float, sizes, train_ids: torch.Tensor, vocab_size: int) -> int:
-    """How many training steps of this model fit in ``seconds``: a short run measures its speed
-    (``gpt.train``'s training tokens per second), and the count follows from it."""
-    model = _fresh_model(sizes, vocab_size)
-    history = gpt.train(model, train_ids, None, TIMING_STEPS, sizes.batch_size, lr=sizes.lr, muon_lr=sizes.muon_lr,
-                        log_every=TIMING_STEPS, eval_iters=1, seed=SEED, progress=False)
-    tokens_per_step = sizes.batch_size * sizes.block_size
-    return max(TIMING_STEPS, round(seconds * history[-1]["tokens_per_s"] / tokens_per_step))
+def step_seconds(models: list[tuple[gpt.GPT, torch.Tensor]], sizes) -> list[float]:
+    """Each ``(model, training ids)``'s seconds per training step, measured in turns.
+
+    The models take their steps in alternation (A, B, A, B, ...), after one warm-up step each, and
+    each gets the median of its ``TIMING_STEPS`` timings. A change in the machine's load (another
+    program starting, a laptop's fan curve) then slows both alike, and one slow step moves no
+    median: the ratio of the two speeds, which decides who gets more steps, stays honest.
+    """
+    import statistics
+    import time
+
+    optimizers = [gpt.configure_optimizers(model, sizes.lr, muon_lr=sizes.muon_lr) for model, _ in models]
+    generator = torch.Generator().manual_seed(SEED)
+    timings: list[list[float]] = [[] for _ in models]
+    for turn in range(TIMING_STEPS + 1):
+        for (model, ids), optimizer, times in zip(models, optimizers, timings):
+            x, y = gpt.get_batch(ids, model.config.block_size, sizes.batch_size, generator)
+            start = time.perf_counter()
+            gpt.train_step(model, optimizer, x, y).item()
+            if turn:  # the first turn warms up (memory allocation, lazy initialisation)
+                times.append(time.perf_counter() - start)
+    return [statistics.median(times) for times in timings]
 
 
-def run(name: str, splits: dict, vocab_size: int, sizes, seconds: float = SECONDS) -> dict:
-    """Train one model for ``seconds`` of training and judge it: its curve (training seconds,
-    validation nats/char) and its final nats/char with a 95 % interval (``gpt.final_validation``)."""
+def steps_for(seconds: float, seconds_per_step: float) -> int:
+    """The training steps that fit in ``seconds`` (at least ``TIMING_STEPS``)."""
+    return max(TIMING_STEPS, round(seconds / seconds_per_step))
+
+
+def run(name: str, splits: dict, vocab_size: int, sizes, seconds: float = SECONDS, steps: int | None = None) -> dict:
+    """Train one model for ``seconds`` of training (or ``steps`` steps, when they are given) and judge
+    it: its curve (training seconds, validation nats/char) and its final nats/char with a 95 %
+    interval (``gpt.final_validation``)."""
     (train_ids, _), (val_ids, val_chars) = splits["train"], splits["val"]
-    steps = steps_in(seconds, sizes, train_ids, vocab_size)
+    if steps is None:
+        steps = steps_for(seconds, step_seconds([(_fresh_model(sizes, vocab_size), train_ids)], sizes)[0])
     model = _fresh_model(sizes, vocab_size)
     history = gpt.train(model, train_ids, val_ids, steps, sizes.batch_size, lr=sizes.lr, muon_lr=sizes.muon_lr,
                         log_every=max(1, steps // 6), seed=SEED, progress=False)
@@ -83,10 +106,16 @@ def run(name: str, splits: dict, vocab_size: int, sizes, seconds: float = SECOND
 
 def side_by_side(sizes, token_splits: dict, vocab_size: int, seconds: float = SECONDS) -> dict[str, dict]:
     """The course's tokens (``token_splits`` from ``gpt.encode_splits``, ``vocab_size`` of them) and
-    single characters, each given ``seconds`` of training."""
+    single characters, each given ``seconds`` of training: the token model as many steps as fit
+    (at least ``MIN_STEPS``), the character model as many as take it the same time."""
     chars, char_vocab = char_splits()
-    return {"course tokens": run("course tokens", token_splits, vocab_size, sizes, seconds),
-            "characters": run("characters", chars, char_vocab, sizes, seconds)}
+    timed = [(_fresh_model(sizes, vocab_size), token_splits["train"][0]),
+             (_fresh_model(sizes, char_vocab), chars["train"][0])]
+    token_seconds, char_seconds = step_seconds(timed, sizes)
+    token_steps = max(MIN_STEPS, steps_for(seconds, token_seconds))
+    char_steps = round(token_steps * token_seconds / char_seconds)  # as long as the token model trains
+    return {"course tokens": run("course tokens", token_splits, vocab_size, sizes, steps=token_steps),
+            "characters": run("characters", chars, char_vocab, sizes, steps=char_steps)}
 
 
 def check_tokens_win(runs: dict[str, dict]) -> None:

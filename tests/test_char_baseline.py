@@ -41,3 +41,21 @@ def test_the_check_needs_the_tokens_interval_below_the_characters():
         char_baseline.check_tokens_win(runs(same, same))
     with pytest.raises(AssertionError):  # characters winning fails too
         char_baseline.check_tokens_win(runs(stats.Interval(2.2, 2.19, 2.21), stats.Interval(1.7, 1.69, 1.71)))
+
+
+def test_speeds_are_measured_in_turns_and_a_bigger_model_is_slower():
+    import dataclasses
+    ids = torch.randint(50, (4000,), generator=torch.Generator().manual_seed(0))
+    small = char_baseline._fresh_model(TINY.gpt, 50)
+    big = char_baseline._fresh_model(dataclasses.replace(TINY.gpt, n_embd=8 * TINY.gpt.n_embd), 50)
+    small_s, big_s = char_baseline.step_seconds([(small, ids), (big, ids)], TINY.gpt)
+    assert 0 < small_s < big_s
+    assert char_baseline.steps_for(1.0, 0.01) == 100 and char_baseline.steps_for(1.0, 10.0) == char_baseline.TIMING_STEPS
+
+
+def test_a_busy_machine_trains_both_longer_but_still_for_equal_time(monkeypatch):
+    monkeypatch.setattr(char_baseline, "step_seconds", lambda models, sizes: [0.5, 0.25])  # a slow machine
+    monkeypatch.setattr(char_baseline, "run", lambda name, splits, vocab, sizes, steps: steps)
+    monkeypatch.setattr(char_baseline, "char_splits", lambda: ({"train": (torch.zeros(10), 10)}, 5))
+    got = char_baseline.side_by_side(TINY.gpt, {"train": (torch.zeros(10), 10)}, 7, seconds=1.0)
+    assert got == {"course tokens": char_baseline.MIN_STEPS, "characters": 2 * char_baseline.MIN_STEPS}

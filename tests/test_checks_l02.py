@@ -162,3 +162,12 @@ def test_a_right_train_step_is_returned_and_a_stub_falls_back(capsys):
 
     assert l02.check_train_step(mine) is mine
     assert l02.check_train_step(stub) is l02.reference_train_step
+
+
+def test_checking_leaves_the_learners_random_state_alone(capsys):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    l02.check_block_forward(l02.reference_block_forward)
+    l02.check_train_step(l02.reference_train_step)
+    assert torch.equal(torch.rand(3), expected), "a check reseeded the global generator"

@@ -51,11 +51,12 @@ def _randn(*shape, seed: int) -> torch.Tensor:
 
 
 def _block(seed: int, n_embd: int = 16, n_head: int = 4) -> Block:
-    torch.manual_seed(seed)
-    block = Block(GPTConfig(vocab_size=10, block_size=8, n_layer=2, n_head=n_head, n_embd=n_embd)).eval()
-    with torch.no_grad():  # give the LayerNorms non-trivial parameters, so a missing one shows
-        for p in block.parameters():
-            p.add_(0.1 * torch.randn_like(p))
+    with torch.random.fork_rng():  # seeded here, the learner's global random state left as it was
+        torch.manual_seed(seed)
+        block = Block(GPTConfig(vocab_size=10, block_size=8, n_layer=2, n_head=n_head, n_embd=n_embd)).eval()
+        with torch.no_grad():  # give the LayerNorms non-trivial parameters, so a missing one shows
+            for p in block.parameters():
+                p.add_(0.1 * torch.randn_like(p))
     return block
 
 
@@ -160,8 +161,9 @@ def reference_train_step(model, optimizers, x, y, grad_clip: float = 1.0) -> tor
 
 def _training_state(seed: int, muon: bool) -> tuple:
     """A tiny GPT, its optimisers and a batch (a GPT of the lesson's kind, 1,904 parameters)."""
-    torch.manual_seed(seed)
-    model = GPT(GPTConfig(vocab_size=12, block_size=6, n_layer=2, n_head=2, n_embd=8))
+    with torch.random.fork_rng():  # seeded here, the learner's global random state left as it was
+        torch.manual_seed(seed)
+        model = GPT(GPTConfig(vocab_size=12, block_size=6, n_layer=2, n_head=2, n_embd=8))
     optimizers = configure_optimizers(model, 1e-2, muon_lr=1e-2 if muon else None)
     x = torch.randint(12, (3, 6), generator=torch.Generator().manual_seed(seed + 1))
     y = torch.randint(12, (3, 6), generator=torch.Generator().manual_seed(seed + 2))
