@@ -64,6 +64,12 @@ def _short(value: Any, limit: int = 160) -> str:
         inner = ", ".join(_short(v, limit) for v in value)
         text = f"[{inner}]" if isinstance(value, list) else f"({inner})"
         return text if len(text) <= limit else text[: limit - 3] + "..."
+    if isinstance(value, dict) and any(isinstance(v, torch.Tensor) for v in value.values()):  # a batch
+        shown = (f"tensor{tuple(v.shape)}" if isinstance(v, torch.Tensor) else _short(v, 40) for v in value.values())
+        text = "{" + ", ".join(f"{k!r}: {v}" for k, v in zip(value, shown)) + "}"
+        return text if len(text) <= limit else text[: limit - 3] + "..."
+    if callable(value) and hasattr(value, "__qualname__"):  # a function passed in, such as a loss
+        return value.__qualname__
     if isinstance(value, (torch.Tensor, np.ndarray)):
         tensor = torch.as_tensor(value).detach().cpu()
         flat = tensor.flatten()[:6]
@@ -271,6 +277,19 @@ def check(
             _fail(exercise, tiers, f"wrong answer, {why}", case, expected=expected, got=got)
     print(f"✓ {exercise}: correct on all {len(cases)} inputs. Your function is used from here on.")
     return attempt
+
+
+def with_stale_gradients(step: Callable) -> Callable:
+    """``step(model, ...)`` on a model that arrives with the stale gradients of a previous step, as
+    it does in the middle of training: a training step that forgets to clear them adds its new
+    gradients to these. (The checker's copies of the inputs lose ``.grad``: ``nn.Parameter`` does
+    not copy it, so the gradients are set here, after the copy.)"""
+    def run(model, *args, **kwargs):
+        generator = torch.Generator().manual_seed(0)
+        for p in model.parameters():
+            p.grad = torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device)
+        return step(model, *args, **kwargs)
+    return run
 
 
 _NOTHING = object()

@@ -353,16 +353,17 @@ def set_learning_rates(optimizers: list[torch.optim.Optimizer], factor: float) -
             group["lr"] = group["peak_lr"] * factor
 
 
-def train_step(model: nn.Module, optimizers: list[torch.optim.Optimizer], x: torch.Tensor, y: torch.Tensor,
-               grad_clip: float = 1.0) -> torch.Tensor:
-    """One optimisation step on the batch ``(x, y)``; return its loss (before the update, detached).
+def update(model: nn.Module, optimizers: list[torch.optim.Optimizer], loss: torch.Tensor,
+           grad_clip: float = 1.0) -> torch.Tensor:
+    """The second half of every training step of the course, once the batch's ``loss`` is computed;
+    return the loss, detached.
 
-    Forward (the loss), clear the old gradients, backward (the new ones), clip their global norm
-    to ``grad_clip`` (0: no clipping) so that one bad batch cannot throw the model far, then let
-    every optimiser update its parameters. Clearing comes before ``backward``: PyTorch *adds*
-    new gradients to whatever ``.grad`` holds.
+    Clear the old gradients, backward (the new ones), clip their global norm to ``grad_clip``
+    (0: no clipping) so that one bad batch cannot throw the model far, then let every optimiser
+    update its parameters. Clearing comes before ``backward``: PyTorch *adds* new gradients to
+    whatever ``.grad`` holds. Only the loss differs between the GPT's step (``train_step``), SFT's
+    (``sft.sft_step``) and the reward model's (``reward.reward_step``).
     """
-    _, loss = model(x, y)
     for optimizer in optimizers:
         optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -371,6 +372,17 @@ def train_step(model: nn.Module, optimizers: list[torch.optim.Optimizer], x: tor
     for optimizer in optimizers:
         optimizer.step()
     return loss.detach()
+
+
+def train_step(model: nn.Module, optimizers: list[torch.optim.Optimizer], x: torch.Tensor, y: torch.Tensor,
+               grad_clip: float = 1.0) -> torch.Tensor:
+    """One optimisation step on the batch ``(x, y)``; return its loss (before the update, detached).
+
+    The loss of the batch, then ``update``: clear the old gradients, backward, clip their norm to
+    ``grad_clip`` (0: no clipping), and let every optimiser take its step.
+    """
+    _, loss = model(x, y)
+    return update(model, optimizers, loss, grad_clip)
 
 
 def train(model: GPT, train_data: torch.Tensor, val_data: torch.Tensor | None, steps: int,

@@ -47,7 +47,7 @@ from typing import NamedTuple
 
 import torch
 
-from rlhf_helpers import instructions, labeler, preferences, sft
+from rlhf_helpers import gpt, instructions, labeler, preferences, sft
 from rlhf_helpers.preferences import Comparison
 
 REWARD_VERSION = 1  # bump when the recipe changes, so cached reward models are rebuilt
@@ -373,6 +373,24 @@ def reward_trainer(model, tokenizer, comparisons: list[Comparison], sizes, outpu
                                 train_dataset=preferences.to_preference_dataset(comparisons),
                                 processing_class=tokenizer, callbacks=callbacks)
     return sft.quiet_trainer(trainer)
+
+
+def reward_step(model, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor], loss_fn,
+                max_grad_norm: float = 1.0) -> torch.Tensor:
+    """One optimisation step of the reward model, as trl's ``RewardTrainer`` takes it; return the
+    batch's loss (before the update, detached).
+
+    ``batch`` is what trl's collator makes of N comparisons: ``input_ids`` and ``attention_mask``
+    with 2N right-padded rows, the N chosen answers first, then the N rejected ones in the same
+    order. The model gives one reward per row (its single output, read at the last real token), so
+    the first half of the rewards is the chosen answers' and the second half the rejected ones';
+    ``loss_fn(chosen_rewards, rejected_rewards)`` is the pairwise loss of exercise 05.2. The rest
+    is the update every step of the course shares (``gpt.update``): clear the old gradients,
+    backward, clip their norm to ``max_grad_norm`` (0: no clipping), step.
+    """
+    rewards = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0]
+    chosen_rewards, rejected_rewards = rewards.chunk(2)
+    return gpt.update(model, [optimizer], loss_fn(chosen_rewards, rejected_rewards), max_grad_norm)
 
 
 def train_reward_model(comparisons: list[Comparison], sizes, progress=None):

@@ -95,6 +95,22 @@ def sft_trainer(model, tokenizer, tasks: list[instructions.Task], sizes, output_
     return quiet_trainer(trainer)
 
 
+def sft_step(model, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor], loss_fn,
+             max_grad_norm: float = 1.0) -> torch.Tensor:
+    """One optimisation step of SFT, as trl's ``SFTTrainer`` takes it; return the batch's loss
+    (before the update, detached).
+
+    ``batch`` is what trl's collator makes of a few demonstrations: ``input_ids``,
+    ``attention_mask`` and ``labels``, each ``(B, T)``, right-padded, the labels -100 on the prompt
+    and the padding. The model's logits and these labels give the loss, ``loss_fn(logits, labels)``:
+    the completion-only loss of lesson 03's exercise 03.3, which shifts by one. The rest is the
+    update every step of the course shares (``gpt.update``): clear the old gradients, backward,
+    clip their norm to ``max_grad_norm`` (0: no clipping, as in ``TrainingArguments``), step.
+    """
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return gpt.update(model, [optimizer], loss_fn(logits, batch["labels"]), max_grad_norm)
+
+
 def chat_prompt(tokenizer, prompt: str) -> str:
     """The text the model sees before it answers: the user turn, then the assistant's header."""
     return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,

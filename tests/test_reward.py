@@ -398,3 +398,39 @@ def test_gold_ties_have_no_right_answer():
     assert correct == [] == prompts
     with pytest.raises(ValueError, match="'labels' or 'gold'"):
         reward.pair_correct(pairs, torch.tensor([1.0]), torch.tensor([0.0]), against="human")
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_one_trl_step_leaves_the_weights_of_reward_step_and_lesson_05s_comparison_catches_a_wrong_step(tiny_sft, tmp_path):
+    """Lesson 05's comparison on a tiny reward model, in float64: one RewardTrainer step (its own
+    AdamW, no warm-up) on all the pairs, and reward_step with AdamW set up from trl's arguments, end
+    with the same weights; the comparison rejects a step without the clip, at another learning rate,
+    or with PyTorch's default weight decay instead of the Trainer's 0."""
+    import copy
+
+    from rlhf_helpers.checks.l05_reward_modelling import reference_pairwise_loss
+    from rlhf_helpers.exercises import compare
+
+    tokenizer = tokenizer_of(tiny_sft)
+    env.seed_everything(0)
+    start = reward.reward_model_from_sft(tiny_sft / "model", tokenizer).double()
+    one_step = dataclasses.replace(SIZES, max_steps=1, batch_size=len(PAIRS))
+    same = lambda a, b: compare(a, b, rtol=1e-6, atol=1e-8) is None  # the lesson's comparison
+    theirs = copy.deepcopy(start)
+    trainer = reward.reward_trainer(theirs, tokenizer, PAIRS, one_step, str(tmp_path), warmup_steps=0, max_grad_norm=0.01)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(PAIRS))])
+    trainer.train()
+    logged, args = trainer.state.log_history[0], trainer.args
+    assert logged["learning_rate"] == args.learning_rate and logged["grad_norm"] > args.max_grad_norm, "the clip binds"
+
+    def yours(lr=args.learning_rate, max_grad_norm=args.max_grad_norm, weight_decay=args.weight_decay):
+        model = copy.deepcopy(start)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(args.adam_beta1, args.adam_beta2),
+                                      eps=args.adam_epsilon, weight_decay=weight_decay)
+        reward.reward_step(model, optimizer, batch, reference_pairwise_loss, max_grad_norm)
+        return model
+
+    assert not same(start, theirs) and same(yours(), theirs)
+    assert not same(yours(max_grad_norm=0.0), theirs), "a step without the clip"
+    assert not same(yours(lr=2 * args.learning_rate), theirs), "a step at another learning rate"
+    assert not same(yours(weight_decay=0.01), theirs), "PyTorch's default weight decay, not the Trainer's 0"

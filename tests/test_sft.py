@@ -1,5 +1,6 @@
 """The `sft` artifact: trl's SFTTrainer on the demonstrations, trained tiny, saved and reloaded."""
 
+import pytest
 import torch
 
 from rlhf_helpers import env, instructions, sft
@@ -65,3 +66,49 @@ def test_prompt_tuned_generation_matches_the_adapters_forward_pass_up_to_a_full_
     with torch.no_grad():
         first = model(**batch).logits[:, -1].argmax(-1)
     assert torch.equal(out[:, 0], first)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_one_trl_step_leaves_the_weights_of_sft_step_and_lesson_03s_comparison_catches_a_wrong_step(tmp_path):
+    """Lesson 03's comparison on a tiny model: one SFTTrainer step (SGD, no warm-up) on all the
+    demonstrations, and sft_step with the learning rate and clip of trl's arguments, end with the same
+    weights; the comparison rejects a step without the clip or at another learning rate, and the
+    recipe's own warm-up would take the one step at learning rate 0, which is why the lesson also
+    asserts that trl's step moved the weights."""
+    import copy
+
+    from rlhf_helpers.checks.l03_supervised_finetuning import reference_completion_loss
+    from rlhf_helpers.exercises import compare
+    from rlhf_helpers.gpt import GPT, GPTConfig, to_hf_gpt2
+    from rlhf_helpers.tokenizers import course_tokenizer
+
+    tokenizer = course_tokenizer()
+    torch.manual_seed(0)
+    start = to_hf_gpt2(GPT(GPTConfig(vocab_size=len(tokenizer), block_size=128, n_layer=1, n_head=2, n_embd=16)),
+                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    tasks = instructions.make_tasks("train", n=4)
+    one_step = env.SFTSizes(max_steps=1, batch_size=len(tasks), lr=1e-2)
+    same = lambda a, b: compare(a, b, rtol=1e-6, atol=1e-8) is None  # the lesson's comparison
+
+    def trl_step(**overrides):
+        theirs = copy.deepcopy(start)
+        trainer = sft.sft_trainer(theirs, tokenizer, tasks, one_step, str(tmp_path), optim="sgd",
+                                  max_grad_norm=0.1, **overrides)
+        trainer.train()
+        return theirs, trainer
+
+    theirs, trainer = trl_step(warmup_steps=0)
+    logged, args = trainer.state.log_history[0], trainer.args
+    assert logged["learning_rate"] == args.learning_rate and logged["grad_norm"] > args.max_grad_norm, "the clip binds"
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(tasks))])
+
+    def yours(lr=args.learning_rate, max_grad_norm=args.max_grad_norm):
+        model = copy.deepcopy(start)
+        sft.sft_step(model, torch.optim.SGD(model.parameters(), lr=lr), batch, reference_completion_loss, max_grad_norm)
+        return model
+
+    assert not same(start, theirs) and same(yours(), theirs)
+    assert not same(yours(max_grad_norm=0.0), theirs), "a step without the clip"
+    assert not same(yours(lr=2 * args.learning_rate), theirs), "a step at another learning rate"
+    warmed, trainer = trl_step()  # the recipe's warm-up: at least one step, so the only one has learning rate 0
+    assert trainer.state.log_history[0]["learning_rate"] == 0.0 and same(warmed, start)

@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 from torch.nn import functional as F
 
-from rlhf_helpers.exercises import Case, check
+from rlhf_helpers.exercises import Case, check, with_stale_gradients
 from rlhf_helpers.gpt import GPT, Block, GPTConfig, configure_optimizers, train_step
 
 
@@ -170,25 +170,14 @@ def _training_state(seed: int, muon: bool) -> tuple:
     return model, optimizers, x, y
 
 
-def _mid_training(step: Callable) -> Callable:
-    """``step``, called on a model that arrives with the stale gradients of a previous step (the
-    checker's copies of the inputs lose ``.grad``: ``nn.Parameter`` does not copy it)."""
-    def run(model, optimizers, x, y, grad_clip: float = 1.0):
-        generator = torch.Generator().manual_seed(0)
-        for p in model.parameters():
-            p.grad = torch.randn(p.shape, generator=generator)
-        return step(model, optimizers, x, y, grad_clip)
-    return run
-
-
 def check_train_step(attempt: Callable) -> Callable:
     __tracebackhide__ = True
     cases = [Case(_training_state(26, muon=True), {"grad_clip": 0.05},
                   about="Muon and AdamW, a clip that binds, stale gradients from a previous step"),
              Case(_training_state(27, muon=False), {"grad_clip": 0.0}, about="AdamW alone, no clipping"),
              Case(_training_state(28, muon=True), {"grad_clip": 100.0}, about="a clip too loose to act")]
-    mine = _mid_training(attempt)
-    chosen = check("Exercise 02.6 (one training step)", mine, _mid_training(reference_train_step), cases,
+    mine = with_stale_gradients(attempt)
+    chosen = check("Exercise 02.6 (one training step)", mine, with_stale_gradients(reference_train_step), cases,
                    hint=("A step has four parts in a fixed order: the loss of the batch; fresh gradients "
                          "(PyTorch *adds* to whatever .grad already holds, and this model arrives with "
                          "stale ones); the gradient norm clipped, unless grad_clip is 0; then every "

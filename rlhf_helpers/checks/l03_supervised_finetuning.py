@@ -1,11 +1,12 @@
-"""Lesson 03's exercises: the chat template, prompt masking, and the completion-only loss."""
+"""Lesson 03's exercises: the chat template, prompt masking, the completion-only loss, and one step of
+training."""
 
 from __future__ import annotations
 
 import torch
 from torch.nn import functional as F
 
-from rlhf_helpers.exercises import Case, check
+from rlhf_helpers.exercises import Case, check, with_stale_gradients
 
 IGNORE_INDEX = -100  # PyTorch's cross_entropy skips targets equal to this; Hugging Face uses it too
 
@@ -98,3 +99,79 @@ def check_completion_loss(completion_loss):
                        "V = logits.size(-1)\n"
                        "  return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, V), "
                        "labels[:, 1:].reshape(-1), ignore_index=-100)"))
+
+
+# Exercise 03.4: one step of SFT, on tiny GPT-2 models. They are float64: AdamW's first step moves a
+# weight by about the learning rate whatever its gradient's size, so in float32 the rounding errors of
+# two right answers (a mask passed or not, say) could move a weight whose true gradient is 0 apart.
+
+def _tiny_lm(seed: int):
+    """A randomly initialised 2-layer GPT-2 language model (2,080 weights), no dropout, float64."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(vocab_size=24, n_positions=16, n_embd=8, n_layer=2, n_head=2, resid_pdrop=0.0,
+                        embd_pdrop=0.0, attn_pdrop=0.0, pad_token_id=0, bos_token_id=1, eos_token_id=1)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return GPT2LMHeadModel(config).double()
+
+
+def _sft_batch(seed: int, prompt_lengths: list[int], completion_lengths: list[int], vocab: int = 24) -> dict:
+    """A batch as trl's collator makes it: right-padded with the pad token 0, labels -100 on the
+    prompt and the padding."""
+    generator = torch.Generator().manual_seed(seed)
+    width = max(p + c for p, c in zip(prompt_lengths, completion_lengths))
+    batch = {"input_ids": torch.zeros(len(prompt_lengths), width, dtype=torch.long),
+             "attention_mask": torch.zeros(len(prompt_lengths), width, dtype=torch.long),
+             "labels": torch.full((len(prompt_lengths), width), IGNORE_INDEX)}
+    for row, (p, c) in enumerate(zip(prompt_lengths, completion_lengths)):
+        ids = torch.randint(1, vocab, (p + c,), generator=generator)
+        batch["input_ids"][row, :p + c], batch["attention_mask"][row, :p + c] = ids, 1
+        batch["labels"][row, p:p + c] = ids[p:]
+    return batch
+
+
+def trainer_like_adamw(model, lr: float = 1e-2, weight_decay: float = 0.1) -> torch.optim.AdamW:
+    """AdamW with the Hugging Face Trainer's two parameter groups: weight decay on the weight
+    matrices and embeddings, none on biases and LayerNorms."""
+    no_decay = [p for n, p in model.named_parameters() if "bias" in n or ".ln_" in n]
+    decay = [p for n, p in model.named_parameters() if not ("bias" in n or ".ln_" in n)]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+
+
+def _sft_state(seed: int, optimizer: str, prompt_lengths, completion_lengths) -> tuple:
+    model = _tiny_lm(seed)
+    if optimizer == "adamw":
+        opt = trainer_like_adamw(model)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    return model, opt, _sft_batch(seed + 1, prompt_lengths, completion_lengths), reference_completion_loss
+
+
+def check_sft_step(sft_step):
+    """Exercise 03.4: one optimisation step of SFT on a collated batch."""
+    __tracebackhide__ = True
+    from rlhf_helpers.sft import sft_step as reference_sft_step
+
+    cases = [Case(_sft_state(40, "adamw", [3, 5, 2], [4, 2, 6]), {"max_grad_norm": 0.05},
+                  about="AdamW with the Trainer's two weight-decay groups, a clip that binds, stale gradients"),
+             Case(_sft_state(41, "sgd", [2, 6], [5, 3]), {"max_grad_norm": 0.0},
+                  about="SGD with momentum, no clipping (max_grad_norm 0, as in trl)"),
+             Case(_sft_state(42, "adamw", [4], [7]), {"max_grad_norm": 100.0}, about="one row, a clip too loose to act")]
+    mine = with_stale_gradients(sft_step)
+    chosen = check("Exercise 03.4 (sft_step)", mine, with_stale_gradients(reference_sft_step), cases,
+                   hint=("Five parts, in order: the logits of the batch; the loss, from the loss function you are "
+                         "given and the batch's labels; fresh gradients (PyTorch adds to old ones, and this model "
+                         "arrives with stale ones); their total norm clipped to max_grad_norm, unless it is 0, "
+                         "before the optimiser reads them; one optimiser step. Give back the loss from before "
+                         "the step, detached.",
+                         "logits from model(input_ids=batch['input_ids'], attention_mask=batch['attention_mask'])"
+                         ".logits; loss_fn(logits, batch['labels']); optimizer.zero_grad(); loss.backward(); "
+                         "torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm) when max_grad_norm "
+                         "> 0; optimizer.step(); return loss.detach().",
+                         "logits = model(input_ids=batch['input_ids'], attention_mask=batch['attention_mask']).logits\n"
+                         "  loss = loss_fn(logits, batch['labels'])\n  optimizer.zero_grad()\n  loss.backward()\n"
+                         "  if max_grad_norm > 0:\n      torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)\n"
+                         "  optimizer.step()\n  return loss.detach()"))
+    return sft_step if chosen is mine else reference_sft_step

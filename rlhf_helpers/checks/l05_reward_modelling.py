@@ -1,11 +1,12 @@
-"""Lesson 05's exercises: the Bradley-Terry probability, the pairwise loss, and where to read the reward."""
+"""Lesson 05's exercises: the Bradley-Terry probability, the pairwise loss, where to read the reward,
+and one step of training."""
 
 from __future__ import annotations
 
 import torch
 from torch.nn import functional as F
 
-from rlhf_helpers.exercises import Case, check
+from rlhf_helpers.exercises import Case, check, with_stale_gradients
 
 
 def reference_preference_probability(reward_a: torch.Tensor, reward_b: torch.Tensor) -> torch.Tensor:
@@ -90,3 +91,70 @@ def check_last_token_index(last_token_index):
                        "row without padding.",
                        "The last real token's position is (number of real tokens) - 1, one index per row.",
                        "return attention_mask.sum(dim=1) - 1"))
+
+
+# Exercise 05.4: one step of reward-model training, on tiny GPT-2 reward models, float64 for the
+# reason given above lesson 03's step exercise (checks/l03_supervised_finetuning.py).
+
+def _tiny_reward_model(seed: int):
+    """A randomly initialised 2-layer GPT-2 with a scalar head (pad token 0), no dropout, float64."""
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    config = GPT2Config(vocab_size=24, n_positions=16, n_embd=8, n_layer=2, n_head=2, resid_pdrop=0.0,
+                        embd_pdrop=0.0, attn_pdrop=0.0, pad_token_id=0, bos_token_id=1, eos_token_id=1,
+                        num_labels=1)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return GPT2ForSequenceClassification(config).double()
+
+
+def _pairs_batch(seed: int, chosen_lengths: list[int], rejected_lengths: list[int], vocab: int = 24) -> dict:
+    """A batch as trl's collator makes it: the chosen rows, then the rejected rows in the same
+    order, right-padded with the pad token 0."""
+    generator = torch.Generator().manual_seed(seed)
+    lengths = chosen_lengths + rejected_lengths
+    input_ids = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
+    for row, n in enumerate(lengths):
+        input_ids[row, :n] = torch.randint(1, vocab, (n,), generator=generator)
+    return {"input_ids": input_ids, "attention_mask": (input_ids != 0).long()}
+
+
+def _reward_state(seed: int, optimizer: str, chosen_lengths, rejected_lengths) -> tuple:
+    from rlhf_helpers.checks.l03_supervised_finetuning import trainer_like_adamw
+
+    model = _tiny_reward_model(seed)
+    if optimizer == "adamw":
+        opt = trainer_like_adamw(model)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    return model, opt, _pairs_batch(seed + 1, chosen_lengths, rejected_lengths), reference_pairwise_loss
+
+
+def check_reward_step(reward_step):
+    """Exercise 05.4: one optimisation step of the reward model on a collated batch of pairs."""
+    __tracebackhide__ = True
+    from rlhf_helpers.reward import reward_step as reference_reward_step
+
+    cases = [Case(_reward_state(50, "adamw", [5, 3, 7], [2, 6, 4]), {"max_grad_norm": 0.05},
+                  about="three pairs, AdamW with the Trainer's two weight-decay groups, a clip that binds, "
+                        "stale gradients"),
+             Case(_reward_state(51, "sgd", [4, 6], [6, 3]), {"max_grad_norm": 0.0},
+                  about="two pairs, SGD with momentum, no clipping (max_grad_norm 0, as in trl)"),
+             Case(_reward_state(52, "adamw", [3], [5]), {"max_grad_norm": 100.0}, about="one pair, a clip too loose to act")]
+    mine = with_stale_gradients(reward_step)
+    chosen = check("Exercise 05.4 (reward_step)", mine, with_stale_gradients(reference_reward_step), cases,
+                   hint=("trl's collator puts every chosen answer first, then every rejected one in the same "
+                         "order: the rewards (one per row) split into halves, not alternate rows. The loss is the "
+                         "function you are given, chosen against rejected. Then fresh gradients (stale ones are "
+                         "waiting), their norm clipped unless max_grad_norm is 0, one optimiser step. Give back "
+                         "the loss from before the step, detached.",
+                         "rewards from model(input_ids=..., attention_mask=...).logits[:, 0]; split them with "
+                         "rewards.chunk(2) into chosen and rejected; loss_fn(chosen, rejected); "
+                         "optimizer.zero_grad(); loss.backward(); torch.nn.utils.clip_grad_norm_(model.parameters(), "
+                         "max_grad_norm) when max_grad_norm > 0; optimizer.step(); return loss.detach().",
+                         "rewards = model(input_ids=batch['input_ids'], attention_mask=batch['attention_mask']).logits[:, 0]\n"
+                         "  chosen_rewards, rejected_rewards = rewards.chunk(2)\n"
+                         "  loss = loss_fn(chosen_rewards, rejected_rewards)\n  optimizer.zero_grad()\n  loss.backward()\n"
+                         "  if max_grad_norm > 0:\n      torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)\n"
+                         "  optimizer.step()\n  return loss.detach()"))
+    return reward_step if chosen is mine else reference_reward_step
