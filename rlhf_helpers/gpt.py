@@ -17,9 +17,11 @@ Because it *is* a GPT-2, ``to_hf_gpt2`` copies it into ``transformers.GPT2LMHead
 identical logits, and every later lesson (SFT, LoRA, reward model, PPO, DPO) works on that
 standard model. ``from_hf_gpt2`` goes back.
 
-What is left out (nanoGPT has some of it): flash attention by default, ``torch.compile``, mixed
-precision, gradient accumulation, multi-GPU training, a key/value cache for fast generation,
-loading OpenAI's GPT-2 checkpoints from the hub, and the model-FLOPs-utilisation estimate.
+``train_step``'s forward pass runs in bf16 where the profile asks for it on CUDA (``env.autocast``).
+
+What is left out (nanoGPT has some of it): flash attention by default, ``torch.compile``, gradient
+accumulation, multi-GPU training, a key/value cache for fast generation, loading OpenAI's GPT-2
+checkpoints from the hub, and the model-FLOPs-utilisation estimate.
 """
 
 from __future__ import annotations
@@ -361,8 +363,14 @@ def train_step(model: nn.Module, optimizers: list[torch.optim.Optimizer], x: tor
     to ``grad_clip`` (0: no clipping) so that one bad batch cannot throw the model far, then let
     every optimiser update its parameters. Clearing comes before ``backward``: PyTorch *adds*
     new gradients to whatever ``.grad`` holds.
+
+    The forward pass runs in bf16 where the profile asks for it on CUDA (``env.autocast``); on a
+    CPU the ``with`` block does nothing.
     """
-    _, loss = model(x, y)
+    from rlhf_helpers import env
+
+    with env.autocast(x.device):
+        _, loss = model(x, y)
     for optimizer in optimizers:
         optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -391,7 +399,7 @@ def train(model: GPT, train_data: torch.Tensor, val_data: torch.Tensor | None, s
     ``step_fn`` takes one step (default ``train_step``; lesson 02 passes the
     learner's own). ``progress`` is a tqdm bar to drive (e.g. the artifact cache's); without one a
     ``tqdm.auto`` bar is made, and ``False`` shows none. The model is left in eval mode. Left out:
-    gradient accumulation, mixed precision, checkpoints, early stopping.
+    gradient accumulation, checkpoints, early stopping.
     """
     from rlhf_helpers.artifacts import ProgressBar
 
@@ -584,15 +592,20 @@ BASE_SEED = 1337
 
 
 def base_config(profile=None) -> dict:
-    """What the ``base`` artifact depends on: the profile's GPT sizes, the tokenizer, the seed."""
+    """What the ``base`` artifact depends on: the profile's GPT sizes, the tokenizer, the seed, and
+    the profile's ``autocast`` when it has one (every later stage's config holds this one, so a
+    bf16 pipeline never loads an fp32 one's artifacts; the ``cpu`` profile's keys are unchanged)."""
     from dataclasses import asdict
 
     from rlhf_helpers.env import get_profile
     from rlhf_helpers.tokenizers import course_tokenizer_config
 
     profile = profile or get_profile()
-    return {"gpt": asdict(profile.gpt), "tokenizer": course_tokenizer_config(),
-            "seed": BASE_SEED, "version": BASE_VERSION}
+    config = {"gpt": asdict(profile.gpt), "tokenizer": course_tokenizer_config(),
+              "seed": BASE_SEED, "version": BASE_VERSION}
+    if profile.autocast is not None:
+        config["autocast"] = profile.autocast
+    return config
 
 
 def encode_splits(tokenizer) -> dict[str, tuple[torch.Tensor, int]]:

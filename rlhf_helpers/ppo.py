@@ -33,9 +33,13 @@ last real response token (GAE bootstraps nothing after it; trl kept one value pa
 and the reward model's score is read at an index we compute from our masks, not by searching
 for the pad token (the same token unless the policy samples ``<|pad|>`` itself).
 
+Mixed precision: the forward passes run in bf16 where the profile asks for it on CUDA
+(``env.autocast``); log-probabilities, values and losses are computed in float32. On a CPU
+nothing changes.
+
 What is left out: reward whitening and clipping, learning-rate annealing, early stopping on the
-approximate KL, gradient accumulation, several samples per prompt, mixed precision, several
-GPUs, and a key/value cache shared between rollout and scoring.
+approximate KL, gradient accumulation, several samples per prompt, several GPUs, and a
+key/value cache shared between rollout and scoring.
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from rlhf_helpers.env import autocast
 
 END_TOKEN = "<|im_end|>"  # closes the assistant's message in the course's ChatML template
 
@@ -265,7 +271,7 @@ class ValueModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
                                position_ids=position_ids_from_mask(attention_mask)).last_hidden_state
-        return self.head(hidden).squeeze(-1)
+        return self.head(hidden).squeeze(-1).float()  # float32 values even from a bf16 forward pass
 
 
 def value_model_from_reward_model(reward_model) -> ValueModel:
@@ -516,25 +522,27 @@ def rollout(policy, ref_model, value_model, tokenizer, prompts: list[str], confi
     the policy's ``logprobs`` of its own tokens and the reference's ``ref_logprobs``; the value
     model's ``values``; the ``raw_scores`` and normalised ``scores``; the mean ``entropy``; and
     the answers as ``texts``. Everything the rest of the step needs, computed without gradients.
+    The forward passes run in bf16 where the profile asks for it on CUDA (``env.autocast``).
     """
     device = next(policy.parameters()).device
     end_id, pad_id = special_ids(tokenizer)
     # 1. rollouts, and the log-probabilities the policy gave its own samples
     prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, device)
-    responses, mask, has_end = sample_responses(policy, prompt_ids, prompt_mask, config, end_id, pad_id)
-    sequences = torch.cat([prompt_ids, responses], 1)
-    attention_mask = torch.cat([prompt_mask, mask], 1)
-    logits = response_logits(policy, sequences, attention_mask, responses.size(1))
-    logprobs = logprobs_from_logits(logits, responses, config.temperature)
-    entropy = entropy_from_logits(logits, mask, config.temperature)
-    ref_logprobs = reference_logprobs(policy, ref_model, sequences, attention_mask, responses, config.temperature)
-    value_model.eval()
-    # the value of the state *before* each response token, read where that token is predicted
-    values = value_model(sequences, attention_mask)[:, prompt_ids.size(1) - 1:-1]
-    # 2. one score per response
-    texts = decode(tokenizer, responses)
-    last_index = attention_mask.size(1) - mask.size(1) + mask.sum(1) - 1
-    raw = score_responses(prompts, texts, sequences, attention_mask, last_index, reward_model, reward_fn)
+    with autocast(device):
+        responses, mask, has_end = sample_responses(policy, prompt_ids, prompt_mask, config, end_id, pad_id)
+        sequences = torch.cat([prompt_ids, responses], 1)
+        attention_mask = torch.cat([prompt_mask, mask], 1)
+        logits = response_logits(policy, sequences, attention_mask, responses.size(1))
+        logprobs = logprobs_from_logits(logits, responses, config.temperature)
+        entropy = entropy_from_logits(logits, mask, config.temperature)
+        ref_logprobs = reference_logprobs(policy, ref_model, sequences, attention_mask, responses, config.temperature)
+        value_model.eval()
+        # the value of the state *before* each response token, read where that token is predicted
+        values = value_model(sequences, attention_mask)[:, prompt_ids.size(1) - 1:-1]
+        # 2. one score per response
+        texts = decode(tokenizer, responses)
+        last_index = attention_mask.size(1) - mask.size(1) + mask.sum(1) - 1
+        raw = score_responses(prompts, texts, sequences, attention_mask, last_index, reward_model, reward_fn)
     scores = normalise_scores(raw, reward_stats, has_end, config.missing_eos_penalty)
     return dict(sequences=sequences, attention_mask=attention_mask, responses=responses, mask=mask,
                 has_end=has_end, logprobs=logprobs, ref_logprobs=ref_logprobs, values=values,
@@ -574,11 +582,13 @@ def minibatches(batch: dict, config: PPOConfig, generator: torch.Generator | Non
 
 def new_logprobs_and_values(policy, value_model, minibatch: dict, config: PPOConfig):
     """The *current* policy's log-probabilities of a minibatch's sampled tokens, and the current
-    values of the same states, with gradients: what the two losses compare with the rollout's."""
+    values of the same states, with gradients: what the two losses compare with the rollout's.
+    Both come out in float32, from forward passes in bf16 where the profile asks for it on CUDA."""
     response_len = minibatch["responses"].size(1)
-    logits = response_logits(policy, minibatch["sequences"], minibatch["attention_mask"], response_len)
-    new_logprobs = logprobs_from_logits(logits, minibatch["responses"], config.temperature)
-    new_values = value_model(minibatch["sequences"], minibatch["attention_mask"])[:, -response_len - 1:-1]
+    with autocast(minibatch["sequences"].device):
+        logits = response_logits(policy, minibatch["sequences"], minibatch["attention_mask"], response_len)
+        new_logprobs = logprobs_from_logits(logits, minibatch["responses"], config.temperature)
+        new_values = value_model(minibatch["sequences"], minibatch["attention_mask"])[:, -response_len - 1:-1]
     return new_logprobs, new_values
 
 
@@ -737,10 +747,11 @@ def score_statistics(policy, tokenizer, prompts: list[str], config: PPOConfig, *
     for _ in range(batches):
         batch_prompts = next(source)
         prompt_ids, prompt_mask = encode_prompts(tokenizer, batch_prompts, device)
-        responses, mask, _ = sample_responses(policy, prompt_ids, prompt_mask, config, end_id, pad_id)
-        sequences, attention_mask = torch.cat([prompt_ids, responses], 1), torch.cat([prompt_mask, mask], 1)
-        last_index = prompt_ids.size(1) + mask.sum(1) - 1
-        raw.append(score_responses(batch_prompts, decode(tokenizer, responses), sequences, attention_mask,
-                                   last_index, reward_model, reward_fn))
+        with autocast(device):
+            responses, mask, _ = sample_responses(policy, prompt_ids, prompt_mask, config, end_id, pad_id)
+            sequences, attention_mask = torch.cat([prompt_ids, responses], 1), torch.cat([prompt_mask, mask], 1)
+            last_index = prompt_ids.size(1) + mask.sum(1) - 1
+            raw.append(score_responses(batch_prompts, decode(tokenizer, responses), sequences, attention_mask,
+                                       last_index, reward_model, reward_fn))
     raw = torch.cat(raw)
     return raw.mean().item(), raw.std().item()
