@@ -238,8 +238,19 @@ def _mps_is_reliable() -> bool:
     return bool(mps and mps.is_available() and mps.is_built())
 
 
+def _cuda_device() -> torch.device:
+    """The CUDA device: alone, the current one; under a launch (``LOCAL_RANK`` set by ``accelerate
+    launch`` or ``torchrun``), this process's own GPU, so that N processes use N GPUs, not one."""
+    local_rank = os.environ.get("LOCAL_RANK")
+    if local_rank is None:
+        return torch.device("cuda")
+    return torch.device("cuda", int(local_rank) % torch.cuda.device_count())
+
+
 def get_device(name: str | None = None) -> torch.device:
-    """CUDA, then Apple MPS, then CPU, unless ``name`` or ``$RLHF_DEVICE`` says otherwise."""
+    """CUDA, then Apple MPS, then CPU, unless ``name`` or ``$RLHF_DEVICE`` says otherwise.
+
+    Under a multi-process launch, CUDA means this process's own GPU (``_cuda_device``)."""
     name = name or os.environ.get(DEVICE_VAR)
     if name:
         key = name.strip().lower()
@@ -254,9 +265,9 @@ def get_device(name: str | None = None) -> torch.device:
                 f"{DEVICE_VAR}={name} but this machine has no {key} device. Unset {DEVICE_VAR} "
                 "to use the best device available."
             )
-        return torch.device(key)
+        return _cuda_device() if key == "cuda" else torch.device(key)
     if torch.cuda.is_available():
-        return torch.device("cuda")
+        return _cuda_device()
     if _mps_is_reliable():
         return torch.device("mps")
     return torch.device("cpu")
