@@ -17,11 +17,13 @@ Because it *is* a GPT-2, ``to_hf_gpt2`` copies it into ``transformers.GPT2LMHead
 identical logits, and every later lesson (SFT, LoRA, reward model, PPO, DPO) works on that
 standard model. ``from_hf_gpt2`` goes back.
 
-``train_step``'s forward pass runs in bf16 where the profile asks for it on CUDA (``env.autocast``).
+Beyond one CPU process, ``train`` runs data-parallel under ``accelerate launch`` (see
+``rlhf_helpers.distributed``) and its forward passes run in bf16 where the profile asks for it on
+CUDA (``env.autocast``).
 
 What is left out (nanoGPT has some of it): flash attention by default, ``torch.compile``, gradient
-accumulation, multi-GPU training, a key/value cache for fast generation, loading OpenAI's GPT-2
-checkpoints from the hub, and the model-FLOPs-utilisation estimate.
+accumulation, a key/value cache for fast generation, loading OpenAI's GPT-2 checkpoints from the
+hub, and the model-FLOPs-utilisation estimate.
 """
 
 from __future__ import annotations
@@ -364,16 +366,19 @@ def train_step(model: nn.Module, optimizers: list[torch.optim.Optimizer], x: tor
     every optimiser update its parameters. Clearing comes before ``backward``: PyTorch *adds*
     new gradients to whatever ``.grad`` holds.
 
-    The forward pass runs in bf16 where the profile asks for it on CUDA (``env.autocast``); on a
-    CPU the ``with`` block does nothing.
+    Two lines matter only beyond one CPU process: the forward pass runs in bf16 where the profile
+    asks for it on CUDA (``env.autocast``), and under a launch each process's gradients are
+    averaged with the others' before clipping (``distributed.average_gradients``), so that every
+    copy of the model takes the step of the whole batch. Alone on a CPU both do nothing.
     """
-    from rlhf_helpers import env
+    from rlhf_helpers import distributed, env
 
     with env.autocast(x.device):
         _, loss = model(x, y)
     for optimizer in optimizers:
         optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    distributed.average_gradients(model.parameters())
     if grad_clip:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     for optimizer in optimizers:
@@ -398,12 +403,24 @@ def train(model: GPT, train_data: torch.Tensor, val_data: torch.Tensor | None, s
 
     ``step_fn`` takes one step (default ``train_step``; lesson 02 passes the
     learner's own). ``progress`` is a tqdm bar to drive (e.g. the artifact cache's); without one a
-    ``tqdm.auto`` bar is made, and ``False`` shows none. The model is left in eval mode. Left out:
-    gradient accumulation, checkpoints, early stopping.
+    ``tqdm.auto`` bar is made, and ``False`` shows none. The model is left in eval mode.
+
+    Under ``accelerate launch`` (several processes) it trains data-parallel: every process draws
+    the same global batch of ``batch_size`` windows (the same seeded generator) and trains on its
+    slice (``distributed.shard``; ``batch_size`` must split evenly), ``train_step`` averages the
+    gradients, and the model's copies, started from rank 0's weights, stay identical. The step
+    is then the single-process step on the whole batch, up to rounding: N processes train the
+    same model as one, each doing 1/N of the work. A ``step_fn`` of one's own must average the
+    gradients too (or the copies drift apart). ``tokens_per_s`` counts every process's tokens.
+    Left out: gradient accumulation, checkpoints, early stopping.
     """
+    from rlhf_helpers import distributed
     from rlhf_helpers.artifacts import ProgressBar
 
     device = next(model.parameters()).device
+    distributed.per_process(batch_size, "A batch")  # refuse an uneven split before any work
+    distributed.start(device)
+    distributed.broadcast_parameters(model)
     block_size = model.config.block_size
     warmup_steps = max(1, steps // 20) if warmup_steps is None else warmup_steps
     min_lr = lr / 10 if min_lr is None else min_lr
@@ -437,9 +454,10 @@ def train(model: GPT, train_data: torch.Tensor, val_data: torch.Tensor | None, s
             set_learning_rates(optimizers, current_lr / lr)
             # 2. a batch, then one step: loss, gradients, clipping, update
             x, y = get_batch(train_data, block_size, batch_size, generator, device)
+            x, y = distributed.shard(x), distributed.shard(y)  # this process's rows (alone: all of them)
             batch_loss = step_fn(model, optimizers, x, y, grad_clip).item()  # .item() waits for the GPU: honest timing
             train_seconds += time.perf_counter() - tick
-            tokens += x.numel()
+            tokens += x.numel() * distributed.world_size()
             bar.update()
             bar.set_postfix(loss=f"{batch_loss:.3f}", tok_s=f"{tokens / train_seconds:,.0f}", refresh=False)
             # 3. now and then, measure both splits properly
@@ -687,7 +705,8 @@ def base_model_path():
     """The folder of the ``base`` artifact (trained, about 2.5 minutes on a CPU, if missing)."""
     from rlhf_helpers import artifacts
 
-    return artifacts.fetch("base", base_config(), _build_base, made_by="lesson 02 (rlhf_helpers.gpt)")
+    return artifacts.fetch("base", base_config(), _build_base, made_by="lesson 02 (rlhf_helpers.gpt)",
+                           together=True)  # under a launch, every process trains it (``train``)
 
 
 def load_saved_model(folder):
