@@ -164,7 +164,7 @@ class Precision:
     activation_bytes: int
 
 
-FP32 = Precision("fp32", 4, 4, 4)  # the course: its trainers run in fp32 (bf16=False in rlhf_helpers/sft.py)
+FP32 = Precision("fp32", 4, 4, 4)  # the course's weights (the gpu profile's bf16 autocast: activations only)
 BF16 = Precision("bf16", 2, 2, 2)  # frozen copies loaded in bf16, bf16 autocast; trained weights stay fp32
 # QLoRA's NormalFloat-4 with double quantisation: 4 bits per weight plus 0.127 bits of scales
 # (Dettmers et al., 2023). bitsandbytes quantises only the linear layers: the rest stays bf16.

@@ -48,13 +48,17 @@ def run(stage: str, *, profile: str | None = None, sizes: list[str] = ()) -> Pat
         os.environ["RLHF_PROFILE"] = profile
     if sizes:
         os.environ["RLHF_SIZES"] = ",".join(sizes)
+    from rlhf_helpers.distributed import is_main_process
     from rlhf_helpers.env import get_profile
 
     chosen = get_profile()  # fails here, before any work, on a bad profile or override
     description, build = _stages()[stage]
-    print(f"{stage}: {description}; profile {chosen.name}" + (f" with {', '.join(sizes)}" if sizes else ""),
-          flush=True)
+    main = is_main_process()  # under `accelerate launch`, one process speaks for all
+    if main:
+        print(f"{stage}: {description}; profile {chosen.name}" + (f" with {', '.join(sizes)}" if sizes else ""),
+              flush=True)
     start = time.perf_counter()
     folder = build()
-    print(f"{stage} ready in {folder} ({time.perf_counter() - start:.0f} s; stages built earlier are reused).")
+    if main:
+        print(f"{stage} ready in {folder} ({time.perf_counter() - start:.0f} s; stages built earlier are reused).")
     return folder

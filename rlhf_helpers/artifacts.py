@@ -343,8 +343,10 @@ def _build_alone(stage: str, config: Mapping[str, Any], build: Builder, made_by:
 
 def _build_together(stage: str, config: Mapping[str, Any], build: Builder, made_by: str, final: Path,
                     rank: int) -> None:
-    """Every process of the launch runs ``build`` at once, as its training's collectives need; the
-    first finished copy is kept. Only rank 0 shows the note and the progress bar."""
+    """Every process of the launch runs ``build`` at once, as its training's collectives need; rank
+    0's copy is kept (the copies hold the same model) and the others wait for it, so that no
+    process goes on to load a stage before it is in place. Only rank 0 shows the note and the
+    progress bar."""
     if _building_alone:
         raise ArtifactError(
             f"'{stage}' trains across every process of this launch, but this process needs it while "
@@ -354,9 +356,14 @@ def _build_together(stage: str, config: Mapping[str, Any], build: Builder, made_
         print(f"No '{stage}' artifact for this configuration yet: building it with the reference code of "
               f"{made_by}, every process of this launch together.")
     tmp = _build_into_temporary(stage, config, build, made_by, final, show_progress=rank == 0)
+    if rank != 0:
+        shutil.rmtree(tmp)
+        while not _ready(final):  # rank 0 publishes its copy (a launcher ends every process if it fails)
+            time.sleep(WAIT_POLL_SECONDS)
+        return
     with _artifact_lock(stage, final.name):
         if _ready(final, move_damaged=True):
-            shutil.rmtree(tmp)  # another process of the launch finished first
+            shutil.rmtree(tmp)  # another launch, or a notebook, finished it first
         else:
             _publish(tmp, final)
 
@@ -369,10 +376,11 @@ def fetch(stage: str, config: Mapping[str, Any], build: Builder, *, made_by: str
     lesson whose reference code ``build`` is, for the note a learner sees.
 
     Several processes may call this at once for the same artifact; one builds it and the others
-    wait for it. ``together=True`` is for a ``build`` that trains with trl's Trainer: under
-    ``accelerate launch`` every process must take part in that training (a process waiting at a
-    lock would leave the others stuck in their first exchange of gradients), so there every
-    process builds and the first finished copy is kept. Alone, it changes nothing.
+    wait for it. ``together=True`` is for a ``build`` that trains across processes (trl's Trainer,
+    or the course's own data-parallel loops): under ``accelerate launch`` every process must take
+    part in that training (a process waiting at a lock would leave the others stuck in their first
+    exchange of gradients), so there every process builds and rank 0's copy is kept. Alone, it
+    changes nothing.
     """
     final = path_for(stage, config)
     if _ready(final):  # the common case: a finished artifact needs no lock to be read

@@ -1,8 +1,9 @@
 """Where the course runs: device, seed, profile, and the offline guard.
 
-A *profile* sets sizes only (model width and depth, steps, batch, number of prompts); the code
-path is the same on every device. ``cpu`` is sized so that each lesson finishes in a few minutes
-on a 2-core laptop and still visibly learns; ``gpu`` trains a bigger model for longer.
+A *profile* sets sizes (model width and depth, steps, batch, number of prompts) and one switch,
+the precision of the forward passes on CUDA (``autocast``); the code path is the same on every
+device. ``cpu`` is sized so that each lesson finishes in a few minutes on a 2-core laptop and still
+visibly learns; ``gpu`` trains a bigger model for longer, its forward passes in bf16.
 
 Environment variables a learner or instructor may set:
 
@@ -136,7 +137,13 @@ CPU_BEYOND = BeyondSizes(dpo_steps=60, dpo_batch_size=16, dpo_lr=1e-4, dpo_beta=
 
 @dataclass(frozen=True)
 class Profile:
-    """Sizes for one kind of machine. Nothing here changes *what* the code does."""
+    """Sizes for one kind of machine, and the precision of its forward passes on CUDA.
+
+    Nothing here changes the algorithm, only how big it runs and (``autocast``) in what number
+    format: ``"bf16"`` runs the forward passes of the course's training loops in bfloat16
+    on a CUDA device (see ``autocast``), and asks trl's Trainer for ``bf16=True``; ``None`` keeps
+    everything in float32.
+    """
 
     name: str
     description: str
@@ -149,6 +156,7 @@ class Profile:
     # held-out prompts every model is judged on (``evaluation``): 200 per family, so a rate's 95 %
     # interval is at most about 5 points either side
     eval_prompts: int = 400
+    autocast: str | None = None  # "bf16": forward passes in bfloat16 on CUDA (see ``autocast``); None: fp32
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -181,6 +189,7 @@ PROFILES: dict[str, Profile] = {
                      overopt_steps=60, overopt_eval_every=5),
         beyond=BeyondSizes(dpo_steps=200, dpo_batch_size=32, dpo_lr=5e-5, dpo_beta=0.1, grpo_steps=100, grpo_prompts=16,
                            grpo_generations=8, grpo_lr=5e-5, grpo_beta=0.02, max_new_tokens=32),
+        autocast="bf16",  # A100, H100, L4, RTX 30xx and newer; not yet run on a GPU (README, "Scale up")
     ),
 }
 
@@ -229,8 +238,19 @@ def _mps_is_reliable() -> bool:
     return bool(mps and mps.is_available() and mps.is_built())
 
 
+def _cuda_device() -> torch.device:
+    """The CUDA device: alone, the current one; under a launch (``LOCAL_RANK`` set by ``accelerate
+    launch`` or ``torchrun``), this process's own GPU, so that N processes use N GPUs, not one."""
+    local_rank = os.environ.get("LOCAL_RANK")
+    if local_rank is None:
+        return torch.device("cuda")
+    return torch.device("cuda", int(local_rank) % torch.cuda.device_count())
+
+
 def get_device(name: str | None = None) -> torch.device:
-    """CUDA, then Apple MPS, then CPU, unless ``name`` or ``$RLHF_DEVICE`` says otherwise."""
+    """CUDA, then Apple MPS, then CPU, unless ``name`` or ``$RLHF_DEVICE`` says otherwise.
+
+    Under a multi-process launch, CUDA means this process's own GPU (``_cuda_device``)."""
     name = name or os.environ.get(DEVICE_VAR)
     if name:
         key = name.strip().lower()
@@ -245,12 +265,55 @@ def get_device(name: str | None = None) -> torch.device:
                 f"{DEVICE_VAR}={name} but this machine has no {key} device. Unset {DEVICE_VAR} "
                 "to use the best device available."
             )
-        return torch.device(key)
+        return _cuda_device() if key == "cuda" else torch.device(key)
     if torch.cuda.is_available():
-        return torch.device("cuda")
+        return _cuda_device()
     if _mps_is_reliable():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16}  # fp16 would also need a gradient scaler: left out
+
+
+def autocast_dtype(device, profile: Profile | None = None) -> torch.dtype | None:
+    """The dtype the profile asks forward passes on ``device`` to run in: None means float32.
+
+    Only CUDA: the ``gpu`` profile's ``bf16`` is for a GPU, where bfloat16 matrix multiplications
+    run several times faster than float32 and activations take half the memory. On any other
+    device (the tests' tiny models run on the CPU whatever the profile) the answer is None, and
+    the profile is not even read.
+    """
+    if torch.device(device).type != "cuda":
+        return None
+    name = (profile or get_profile()).autocast
+    if name is None:
+        return None
+    if name not in AUTOCAST_DTYPES:
+        raise CourseConfigError(f"Unknown autocast {name!r} in the profile: use one of "
+                                f"{', '.join(AUTOCAST_DTYPES)}, or None for float32.")
+    return AUTOCAST_DTYPES[name]
+
+
+def autocast(device, dtype: torch.dtype | None = None):
+    """``with autocast(device):`` around a forward pass: bfloat16 where the profile asks, else nothing.
+
+    Inside ``torch.autocast`` the matrix multiplications (linear layers, attention) run in
+    ``dtype`` while the operations that need the range or the precision of float32 (softmax,
+    layer norm, the losses) stay in float32; the weights, their gradients and the optimiser's
+    state stay float32 throughout ("mixed precision"). bfloat16 keeps float32's exponent range,
+    so no loss scaling is needed (float16 would need a ``GradScaler``). The backward pass runs
+    outside the block and follows the forward's types by itself.
+
+    ``dtype`` None asks the profile (``autocast_dtype``): on a CPU, and with the ``cpu`` profile
+    anywhere, this is a ``nullcontext`` and the code computes exactly what it computed without
+    it. Pass ``torch.bfloat16`` to force it on any device (the tests do, on the CPU, where bf16
+    autocast works too).
+    """
+    dtype = dtype or autocast_dtype(device)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=dtype)
 
 
 def seed_everything(seed: int = 1337) -> None:

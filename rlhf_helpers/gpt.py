@@ -17,9 +17,13 @@ Because it *is* a GPT-2, ``to_hf_gpt2`` copies it into ``transformers.GPT2LMHead
 identical logits, and every later lesson (SFT, LoRA, reward model, PPO, DPO) works on that
 standard model. ``from_hf_gpt2`` goes back.
 
-What is left out (nanoGPT has some of it): flash attention by default, ``torch.compile``, mixed
-precision, gradient accumulation, multi-GPU training, a key/value cache for fast generation,
-loading OpenAI's GPT-2 checkpoints from the hub, and the model-FLOPs-utilisation estimate.
+Beyond one CPU process, ``train`` runs data-parallel under ``accelerate launch`` (see
+``rlhf_helpers.distributed``) and its forward passes run in bf16 where the profile asks for it on
+CUDA (``env.autocast``).
+
+What is left out (nanoGPT has some of it): flash attention by default, ``torch.compile``, gradient
+accumulation, a key/value cache for fast generation, loading OpenAI's GPT-2 checkpoints from the
+hub, and the model-FLOPs-utilisation estimate.
 """
 
 from __future__ import annotations
@@ -363,10 +367,17 @@ def update(model: nn.Module, optimizers: list[torch.optim.Optimizer], loss: torc
     update its parameters. Clearing comes before ``backward``: PyTorch *adds* new gradients to
     whatever ``.grad`` holds. Only the loss differs between the GPT's step (``train_step``), SFT's
     (``sft.sft_step``) and the reward model's (``reward.reward_step``).
+
+    One line matters only beyond one process: under a launch each process's gradients are averaged
+    with the others' before clipping (``distributed.average_gradients``), so that every copy of the
+    model takes the step of the whole batch. Alone it does nothing.
     """
+    from rlhf_helpers import distributed
+
     for optimizer in optimizers:
         optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    distributed.average_gradients(model.parameters())
     if grad_clip:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     for optimizer in optimizers:
@@ -379,9 +390,13 @@ def train_step(model: nn.Module, optimizers: list[torch.optim.Optimizer], x: tor
     """One optimisation step on the batch ``(x, y)``; return its loss (before the update, detached).
 
     The loss of the batch, then ``update``: clear the old gradients, backward, clip their norm to
-    ``grad_clip`` (0: no clipping), and let every optimiser take its step.
+    ``grad_clip`` (0: no clipping), and let every optimiser take its step. The forward pass runs in
+    bf16 where the profile asks for it on CUDA (``env.autocast``); on a CPU it is plain float32.
     """
-    _, loss = model(x, y)
+    from rlhf_helpers import env
+
+    with env.autocast(x.device):
+        _, loss = model(x, y)
     return update(model, optimizers, loss, grad_clip)
 
 
@@ -402,12 +417,24 @@ def train(model: GPT, train_data: torch.Tensor, val_data: torch.Tensor | None, s
 
     ``step_fn`` takes one step (default ``train_step``; lesson 02 passes the
     learner's own). ``progress`` is a tqdm bar to drive (e.g. the artifact cache's); without one a
-    ``tqdm.auto`` bar is made, and ``False`` shows none. The model is left in eval mode. Left out:
-    gradient accumulation, mixed precision, checkpoints, early stopping.
+    ``tqdm.auto`` bar is made, and ``False`` shows none. The model is left in eval mode.
+
+    Under ``accelerate launch`` (several processes) it trains data-parallel: every process draws
+    the same global batch of ``batch_size`` windows (the same seeded generator) and trains on its
+    slice (``distributed.shard``; ``batch_size`` must split evenly), ``train_step`` averages the
+    gradients, and the model's copies, started from rank 0's weights, stay identical. The step
+    is then the single-process step on the whole batch, up to rounding: N processes train the
+    same model as one, each doing 1/N of the work. A ``step_fn`` of one's own must average the
+    gradients too (or the copies drift apart). ``tokens_per_s`` counts every process's tokens.
+    Left out: gradient accumulation, checkpoints, early stopping.
     """
+    from rlhf_helpers import distributed
     from rlhf_helpers.artifacts import ProgressBar
 
     device = next(model.parameters()).device
+    distributed.per_process(batch_size, "A batch")  # refuse an uneven split before any work
+    distributed.start(device)
+    distributed.broadcast_parameters(model)
     block_size = model.config.block_size
     warmup_steps = max(1, steps // 20) if warmup_steps is None else warmup_steps
     min_lr = lr / 10 if min_lr is None else min_lr
@@ -441,9 +468,10 @@ def train(model: GPT, train_data: torch.Tensor, val_data: torch.Tensor | None, s
             set_learning_rates(optimizers, current_lr / lr)
             # 2. a batch, then one step: loss, gradients, clipping, update
             x, y = get_batch(train_data, block_size, batch_size, generator, device)
+            x, y = distributed.shard(x), distributed.shard(y)  # this process's rows (alone: all of them)
             batch_loss = step_fn(model, optimizers, x, y, grad_clip).item()  # .item() waits for the GPU: honest timing
             train_seconds += time.perf_counter() - tick
-            tokens += x.numel()
+            tokens += x.numel() * distributed.world_size()
             bar.update()
             bar.set_postfix(loss=f"{batch_loss:.3f}", tok_s=f"{tokens / train_seconds:,.0f}", refresh=False)
             # 3. now and then, measure both splits properly
@@ -596,15 +624,20 @@ BASE_SEED = 1337
 
 
 def base_config(profile=None) -> dict:
-    """What the ``base`` artifact depends on: the profile's GPT sizes, the tokenizer, the seed."""
+    """What the ``base`` artifact depends on: the profile's GPT sizes, the tokenizer, the seed, and
+    the profile's ``autocast`` when it has one (every later stage's config holds this one, so a
+    bf16 pipeline never loads an fp32 one's artifacts; the ``cpu`` profile's keys are unchanged)."""
     from dataclasses import asdict
 
     from rlhf_helpers.env import get_profile
     from rlhf_helpers.tokenizers import course_tokenizer_config
 
     profile = profile or get_profile()
-    return {"gpt": asdict(profile.gpt), "tokenizer": course_tokenizer_config(),
-            "seed": BASE_SEED, "version": BASE_VERSION}
+    config = {"gpt": asdict(profile.gpt), "tokenizer": course_tokenizer_config(),
+              "seed": BASE_SEED, "version": BASE_VERSION}
+    if profile.autocast is not None:
+        config["autocast"] = profile.autocast
+    return config
 
 
 def encode_splits(tokenizer) -> dict[str, tuple[torch.Tensor, int]]:
@@ -686,7 +719,8 @@ def base_model_path():
     """The folder of the ``base`` artifact (trained, about 2.5 minutes on a CPU, if missing)."""
     from rlhf_helpers import artifacts
 
-    return artifacts.fetch("base", base_config(), _build_base, made_by="lesson 02 (rlhf_helpers.gpt)")
+    return artifacts.fetch("base", base_config(), _build_base, made_by="lesson 02 (rlhf_helpers.gpt)",
+                           together=True)  # under a launch, every process trains it (``train``)
 
 
 def load_saved_model(folder):

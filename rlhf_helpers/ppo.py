@@ -33,20 +33,37 @@ last real response token (GAE bootstraps nothing after it; trl kept one value pa
 and the reward model's score is read at an index we compute from our masks, not by searching
 for the pad token (the same token unless the policy samples ``<|pad|>`` itself).
 
+Beyond one CPU process, three switches, each a no-op alone on a CPU (so one process computes
+exactly what it always did):
+
+- **Several processes** (``accelerate launch``, see ``rlhf_helpers.distributed``): the batch of
+  prompts is the global batch, ``batch_size`` on any number of processes; each process samples
+  and scores its slice, whitens advantages with the global batch's mean and variance
+  (``global_masked_whiten``), trains on its share of every global minibatch and averages its
+  gradients with the others', so every copy of the policy takes the step one process would take
+  on the whole minibatch. The metrics and the KL controller see the global batch.
+- **Gradient accumulation** (``PPOConfig.micro_batch_size``): a minibatch too big for memory is
+  run in micro-batches whose gradients add up to the whole minibatch's.
+- **Mixed precision**: the forward passes run in bf16 where the profile asks for it on CUDA
+  (``env.autocast``); log-probabilities, values and losses are computed in float32.
+
 What is left out: reward whitening and clipping, learning-rate annealing, early stopping on the
-approximate KL, gradient accumulation, several samples per prompt, mixed precision, several
-GPUs, and a key/value cache shared between rollout and scoring.
+approximate KL, several samples per prompt, and a key/value cache shared between rollout and
+scoring.
 """
 
 from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from rlhf_helpers import distributed
+from rlhf_helpers.env import autocast
 
 END_TOKEN = "<|im_end|>"  # closes the assistant's message in the course's ChatML template
 
@@ -76,11 +93,16 @@ class PPOConfig:
     missing_eos_penalty: float | None = -1.0  # normalised score of a response with no end token
     max_grad_norm: float = 1.0  # gradient-norm clipping
     seed: int = 0
+    # rows per forward and backward pass within a minibatch, in each process (gradient accumulation);
+    # None: the whole minibatch at once. The step is the same either way, up to rounding.
+    micro_batch_size: int | None = None
 
     def __post_init__(self):
         if self.batch_size % self.mini_batch_size:
             raise ValueError(f"batch_size {self.batch_size} must be a multiple of mini_batch_size "
                              f"{self.mini_batch_size}.")
+        if self.micro_batch_size is not None and self.micro_batch_size < 1:
+            raise ValueError(f"micro_batch_size must be None or at least 1, got {self.micro_batch_size}.")
         if self.temperature <= 0:
             raise ValueError("PPO samples, so temperature must be > 0 (1.0 is the model's own distribution).")
 
@@ -119,6 +141,55 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, 
     many zeros after short responses would drag the mean. (trl's old ``masked_whiten``.)
     """
     mean, var = masked_mean(x, mask), masked_var(x, mask)
+    whitened = (x - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        whitened = whitened + mean
+    return torch.where(mask.bool(), whitened, torch.zeros_like(whitened))
+
+
+# --------------------------------------------------------------------------------------------
+# The same statistics over a batch split across processes
+# --------------------------------------------------------------------------------------------
+
+
+def global_masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``masked_mean`` over the global batch, when its rows are split across processes.
+
+    Each process sums its real values and counts them; one all-reduce adds up the sums and the
+    counts, and their ratio is the mean one process would compute on every row at once (the mean
+    of the processes' means would not be: their responses hold different numbers of tokens).
+    Alone, ``masked_mean``.
+    """
+    if distributed.world_size() == 1:
+        return masked_mean(x, mask)
+    mask = mask.bool()
+    local = torch.stack([torch.where(mask, x, torch.zeros_like(x)).sum(), mask.sum().to(x.dtype)])
+    total = distributed.sum_over_processes(local)
+    return total[0] / total[1]
+
+
+def global_masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
+    """``masked_var`` over the global batch: the same two passes (the global mean, then the mean
+    squared distance from it), each one all-reduce. Alone, ``masked_var``."""
+    if distributed.world_size() == 1:
+        return masked_var(x, mask, unbiased)
+    mean = global_masked_mean(x, mask)
+    var = global_masked_mean((x - mean) ** 2, mask)
+    if unbiased:
+        n = distributed.sum_over_processes(mask.sum())
+        if n < 2:
+            raise ValueError("An unbiased variance needs at least two unmasked values.")
+        var = var * n / (n - 1)
+    return var
+
+
+def global_masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
+                         eps: float = 1e-8) -> torch.Tensor:
+    """``masked_whiten`` with the global batch's mean and variance, so that every process scales its
+    advantages as one process would scale the whole batch's. Alone, ``masked_whiten``."""
+    if distributed.world_size() == 1:
+        return masked_whiten(x, mask, shift_mean, eps)
+    mean, var = global_masked_mean(x, mask), global_masked_var(x, mask)
     whitened = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean
@@ -265,7 +336,7 @@ class ValueModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
                                position_ids=position_ids_from_mask(attention_mask)).last_hidden_state
-        return self.head(hidden).squeeze(-1)
+        return self.head(hidden).squeeze(-1).float()  # float32 values even from a bf16 forward pass
 
 
 def value_model_from_reward_model(reward_model) -> ValueModel:
@@ -443,15 +514,16 @@ def value_loss(new_values: torch.Tensor, old_values: torch.Tensor, returns: torc
 
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
-    """``1 - Var[returns - values] / Var[returns]`` over the real tokens.
+    """``1 - Var[returns - values] / Var[returns]`` over the real tokens of the global batch.
 
     1: the value model predicts the returns perfectly; 0: no better than their mean; negative:
-    worse than that. NaN when the returns do not vary.
+    worse than that. NaN when the returns do not vary. Under a launch the variances are the
+    global batch's (``global_masked_var``); alone, this batch's.
     """
-    var_returns = masked_var(returns, mask, unbiased=False)
+    var_returns = global_masked_var(returns, mask, unbiased=False)
     if var_returns == 0:
         return float("nan")
-    return float(1 - masked_var(returns - values, mask, unbiased=False) / var_returns)
+    return float(1 - global_masked_var(returns - values, mask, unbiased=False) / var_returns)
 
 
 # --------------------------------------------------------------------------------------------
@@ -516,25 +588,27 @@ def rollout(policy, ref_model, value_model, tokenizer, prompts: list[str], confi
     the policy's ``logprobs`` of its own tokens and the reference's ``ref_logprobs``; the value
     model's ``values``; the ``raw_scores`` and normalised ``scores``; the mean ``entropy``; and
     the answers as ``texts``. Everything the rest of the step needs, computed without gradients.
+    The forward passes run in bf16 where the profile asks for it on CUDA (``env.autocast``).
     """
     device = next(policy.parameters()).device
     end_id, pad_id = special_ids(tokenizer)
     # 1. rollouts, and the log-probabilities the policy gave its own samples
     prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, device)
-    responses, mask, has_end = sample_responses(policy, prompt_ids, prompt_mask, config, end_id, pad_id)
-    sequences = torch.cat([prompt_ids, responses], 1)
-    attention_mask = torch.cat([prompt_mask, mask], 1)
-    logits = response_logits(policy, sequences, attention_mask, responses.size(1))
-    logprobs = logprobs_from_logits(logits, responses, config.temperature)
-    entropy = entropy_from_logits(logits, mask, config.temperature)
-    ref_logprobs = reference_logprobs(policy, ref_model, sequences, attention_mask, responses, config.temperature)
-    value_model.eval()
-    # the value of the state *before* each response token, read where that token is predicted
-    values = value_model(sequences, attention_mask)[:, prompt_ids.size(1) - 1:-1]
-    # 2. one score per response
-    texts = decode(tokenizer, responses)
-    last_index = attention_mask.size(1) - mask.size(1) + mask.sum(1) - 1
-    raw = score_responses(prompts, texts, sequences, attention_mask, last_index, reward_model, reward_fn)
+    with autocast(device):
+        responses, mask, has_end = sample_responses(policy, prompt_ids, prompt_mask, config, end_id, pad_id)
+        sequences = torch.cat([prompt_ids, responses], 1)
+        attention_mask = torch.cat([prompt_mask, mask], 1)
+        logits = response_logits(policy, sequences, attention_mask, responses.size(1))
+        logprobs = logprobs_from_logits(logits, responses, config.temperature)
+        entropy = entropy_from_logits(logits, mask, config.temperature)
+        ref_logprobs = reference_logprobs(policy, ref_model, sequences, attention_mask, responses, config.temperature)
+        value_model.eval()
+        # the value of the state *before* each response token, read where that token is predicted
+        values = value_model(sequences, attention_mask)[:, prompt_ids.size(1) - 1:-1]
+        # 2. one score per response
+        texts = decode(tokenizer, responses)
+        last_index = attention_mask.size(1) - mask.size(1) + mask.sum(1) - 1
+        raw = score_responses(prompts, texts, sequences, attention_mask, last_index, reward_model, reward_fn)
     scores = normalise_scores(raw, reward_stats, has_end, config.missing_eos_penalty)
     return dict(sequences=sequences, attention_mask=attention_mask, responses=responses, mask=mask,
                 has_end=has_end, logprobs=logprobs, ref_logprobs=ref_logprobs, values=values,
@@ -545,19 +619,27 @@ def rollout(policy, ref_model, value_model, tokenizer, prompts: list[str], confi
 def make_experience(policy, ref_model, value_model, tokenizer, prompts: list[str], config: PPOConfig,
                     beta: float, reward_model=None, reward_fn=None,
                     reward_stats: tuple[float, float] = (0.0, 1.0)) -> dict:
-    """Steps 1 to 4 for one batch of prompts: a ``rollout``, then rewards, advantages and returns.
-
-    Returns the rollout's dict with ``rewards`` and ``kl`` (per token), ``returns``, the
-    ``advantages`` whitened over the batch, and the ``explained_variance`` of the values.
-    """
+    """Steps 1 to 4 for one batch of prompts: a ``rollout``, then ``experience_from_rollout``."""
     batch = rollout(policy, ref_model, value_model, tokenizer, prompts, config, reward_model, reward_fn,
                     reward_stats)
+    return experience_from_rollout(batch, config, beta)
+
+
+def experience_from_rollout(batch: dict, config: PPOConfig, beta: float) -> dict:
+    """Steps 3 and 4 for a ``rollout``'s batch: rewards, advantages and returns.
+
+    Returns the rollout's dict with ``rewards`` and ``kl`` (per token), ``returns``, the
+    ``advantages`` whitened over the batch, and the ``explained_variance`` of the values. Under a
+    launch, "the batch" of the whitening and of the explained variance is the global batch, every
+    process's rows (``global_masked_whiten``); everything else is per row.
+    """
     mask = batch["mask"]
     # 3. per-token rewards: the KL penalty everywhere, the score at the end
     rewards, kl = per_token_rewards(batch["scores"], batch["logprobs"], batch["ref_logprobs"], mask, beta)
     # 4. advantages and returns; advantages whitened over the batch
     advantages, returns = gae(rewards, batch["values"], mask, config.gamma, config.lam)
-    return {**batch, "rewards": rewards, "kl": kl, "returns": returns, "advantages": masked_whiten(advantages, mask),
+    return {**batch, "rewards": rewards, "kl": kl, "returns": returns,
+            "advantages": global_masked_whiten(advantages, mask),
             "explained_variance": explained_variance(batch["values"], returns, mask)}
 
 
@@ -574,35 +656,90 @@ def minibatches(batch: dict, config: PPOConfig, generator: torch.Generator | Non
 
 def new_logprobs_and_values(policy, value_model, minibatch: dict, config: PPOConfig):
     """The *current* policy's log-probabilities of a minibatch's sampled tokens, and the current
-    values of the same states, with gradients: what the two losses compare with the rollout's."""
+    values of the same states, with gradients: what the two losses compare with the rollout's.
+    Both come out in float32, from forward passes in bf16 where the profile asks for it on CUDA."""
     response_len = minibatch["responses"].size(1)
-    logits = response_logits(policy, minibatch["sequences"], minibatch["attention_mask"], response_len)
-    new_logprobs = logprobs_from_logits(logits, minibatch["responses"], config.temperature)
-    new_values = value_model(minibatch["sequences"], minibatch["attention_mask"])[:, -response_len - 1:-1]
+    with autocast(minibatch["sequences"].device):
+        logits = response_logits(policy, minibatch["sequences"], minibatch["attention_mask"], response_len)
+        new_logprobs = logprobs_from_logits(logits, minibatch["responses"], config.temperature)
+        new_values = value_model(minibatch["sequences"], minibatch["attention_mask"])[:, -response_len - 1:-1]
     return new_logprobs, new_values
+
+
+def per_process_config(config: PPOConfig) -> PPOConfig:
+    """The sizes one process works with under a launch: ``batch_size`` and ``mini_batch_size``
+    divided by the number of processes, each of which must split evenly, so that the global batch
+    and the global minibatch stay the recipe's on any number of processes. Alone, ``config``."""
+    if distributed.world_size() == 1:
+        return config
+    return replace(config, batch_size=distributed.per_process(config.batch_size, "batch_size"),
+                   mini_batch_size=distributed.per_process(config.mini_batch_size, "mini_batch_size"))
+
+
+def micro_batches(minibatch: dict, size: int | None):
+    """A minibatch's rows in chunks of ``size`` (the last may be shorter); None: the whole minibatch."""
+    rows = minibatch["responses"].size(0)
+    if size is None or size >= rows:
+        yield minibatch
+        return
+    for start in range(0, rows, size):
+        yield {k: v[start:start + size] for k, v in minibatch.items()}
+
+
+def accumulate_gradients(policy, value_model, minibatch: dict, config: PPOConfig) -> torch.Tensor:
+    """The backward passes of one minibatch: its loss's gradients, added into ``.grad``.
+
+    The loss is a mean over the real tokens of the *global* minibatch. When it is computed in
+    parts, in micro-batches (``config.micro_batch_size``: gradient accumulation) or in processes
+    (each holding a slice of the global minibatch), each part's mean counts for its *share* of the
+    whole, ``part mean * part tokens / all tokens``: the shares add up to the whole minibatch's
+    mean. The gradients are multiplied by the number of processes, because
+    ``distributed.average_gradients`` divides by it. So after the backward passes and the average,
+    every process holds the gradient one process computes on the global minibatch at once. Alone,
+    with no micro-batches, the share is exactly 1 and this is the plain backward pass.
+
+    Returns ``(policy_loss, approx_kl, clip_frac, value_loss, value_clip_frac)`` as one tensor,
+    each the global minibatch's mean, the same in every process.
+    """
+    world = distributed.world_size()
+    tokens = distributed.sum_over_processes(minibatch["mask"].sum())  # the global minibatch's real tokens
+    stats = 0
+    for part in micro_batches(minibatch, config.micro_batch_size):
+        new_logprobs, new_values = new_logprobs_and_values(policy, value_model, part, config)
+        pg_loss, clip_frac, approx_kl = policy_loss(new_logprobs, part["logprobs"], part["advantages"],
+                                                    part["mask"], config.clip_eps)
+        vf_loss, vf_clip_frac = value_loss(new_values, part["values"], part["returns"], part["mask"],
+                                           config.clip_range_value)
+        share = part["mask"].sum() / tokens
+        ((pg_loss + config.vf_coef * vf_loss) * (share * world)).backward()
+        stats = stats + torch.stack([pg_loss, approx_kl, clip_frac, vf_loss, vf_clip_frac]).detach() * share
+    return distributed.sum_over_processes(stats)
 
 
 def ppo_update(policy, value_model, optimizer, batch: dict, config: PPOConfig,
                generator: torch.Generator | None = None) -> dict[str, float]:
-    """Step 5: one gradient step per minibatch (``minibatches``); returns the mean of each statistic."""
+    """Step 5: one gradient step per minibatch (``minibatches``); returns the mean of each statistic.
+
+    Under a launch ``batch`` is this process's slice of the global batch, and each process takes
+    ``mini_batch_size / N`` of its rows into every global minibatch (``per_process_config``; the
+    same seeded ``generator`` orders every process's rows). ``accumulate_gradients`` and
+    ``distributed.average_gradients`` give every process the global minibatch's gradient, so all
+    clip the same gradient and take the same step.
+    """
     policy.train()  # dropout is 0 (``disable_dropout``), so train and eval modes compute the same
     value_model.train()
     params = [p for group in optimizer.param_groups for p in group["params"]]
     names = ("policy_loss", "approx_kl", "clip_frac", "value_loss", "value_clip_frac")
     stats: dict[str, list[float]] = {name: [] for name in names}
-    for mb in minibatches(batch, config, generator):
-        new_logprobs, new_values = new_logprobs_and_values(policy, value_model, mb, config)
-        pg_loss, clip_frac, approx_kl = policy_loss(new_logprobs, mb["logprobs"], mb["advantages"],
-                                                    mb["mask"], config.clip_eps)
-        vf_loss, vf_clip_frac = value_loss(new_values, mb["values"], mb["returns"], mb["mask"],
-                                           config.clip_range_value)
+    for mb in minibatches(batch, per_process_config(config), generator):
         # one gradient step on both models
         optimizer.zero_grad(set_to_none=True)
-        (pg_loss + config.vf_coef * vf_loss).backward()
+        mb_stats = accumulate_gradients(policy, value_model, mb, config)
+        distributed.average_gradients(params)  # alone: nothing
         torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
         optimizer.step()
-        for key, value in zip(stats, (pg_loss, approx_kl, clip_frac, vf_loss, vf_clip_frac)):
-            stats[key].append(value.item())
+        for key, value in zip(stats, mb_stats.tolist()):
+            stats[key].append(value)
     policy.eval()
     value_model.eval()
     return {key: sum(values) / len(values) for key, values in stats.items()}
@@ -634,6 +771,31 @@ def step_metrics(batch: dict, update: dict[str, float], seconds: float, beta: fl
     return metrics
 
 
+ROW_MEANS = ("score_raw", "score", "kl", "reward", "response_length", "end_rate", "gold")  # means over answers
+
+
+def global_step_metrics(metrics: dict[str, float], batch: dict) -> dict[str, float]:
+    """A step's metrics over the global batch, from each process's metrics of its slice.
+
+    Every process holds as many answers, so a mean over answers (``ROW_MEANS``) is the mean of
+    the processes' means. ``entropy`` is a mean over tokens: each process's counts by its number
+    of tokens. ``tokens_per_s`` adds up; ``seconds`` stays this process's (they wait for each other
+    at every all-reduce). The update's statistics, ``explained_variance`` and ``beta`` are the
+    global batch's already. One all-reduce; alone, ``metrics`` itself.
+    """
+    world = distributed.world_size()
+    if world == 1:
+        return metrics
+    means = [key for key in ROW_MEANS if key in metrics]
+    tokens = float(batch["mask"].sum())
+    local = [metrics[key] for key in means] + [metrics["entropy"] * tokens, tokens, metrics["tokens_per_s"]]
+    total = distributed.sum_over_processes(torch.tensor(local, dtype=torch.float64, device=batch["mask"].device))
+    out = dict(metrics)
+    out.update({key: (total[i] / world).item() for i, key in enumerate(means)})
+    out["entropy"], out["tokens_per_s"] = (total[-3] / total[-2]).item(), total[-1].item()
+    return out
+
+
 def ppo_step(policy, ref_model, value_model, optimizer, tokenizer, prompts: list[str], config: PPOConfig,
              kl_ctl, *, reward_model=None, reward_fn=None, reward_stats: tuple[float, float] = (0.0, 1.0),
              gold_fn=None, generator: torch.Generator | None = None) -> tuple[dict, list[str]]:
@@ -641,18 +803,25 @@ def ppo_step(policy, ref_model, value_model, optimizer, tokenizer, prompts: list
 
     The metrics are ``step_metrics``'s, and ``gold`` (mean of ``gold_fn(prompts, responses)``),
     only with a ``gold_fn``.
+
+    Under a launch ``prompts`` is the global batch, the same in every process: each process
+    answers its slice (``distributed.shard``), the metrics are the global batch's
+    (``global_step_metrics``), the KL controller sees the global batch's KL, and every process
+    gets every answer's text, in the order of ``prompts``.
     """
     start = time.perf_counter()
     beta = kl_ctl.value
-    batch = make_experience(policy, ref_model, value_model, tokenizer, prompts, config, beta,
+    mine = distributed.shard(prompts)  # this process's prompts; alone, all of them
+    batch = make_experience(policy, ref_model, value_model, tokenizer, mine, config, beta,
                             reward_model, reward_fn, reward_stats)
     update = ppo_update(policy, value_model, optimizer, batch, config, generator)
-    kl_ctl.update(batch["kl"].sum(1).mean().item(), len(prompts))  # the price of KL for the next step
     metrics = step_metrics(batch, update, time.perf_counter() - start, beta)
     if gold_fn is not None:
-        gold = gold_fn(prompts, batch["texts"])
+        gold = gold_fn(mine, batch["texts"])
         metrics["gold"] = sum(gold) / len(gold)
-    return metrics, batch["texts"]
+    metrics = global_step_metrics(metrics, batch)
+    kl_ctl.update(metrics["kl"], len(prompts))  # the price of KL for the next step
+    return metrics, distributed.gather(batch["texts"])
 
 
 def prompt_batches(prompts: list[str], batch_size: int, generator: torch.Generator):
@@ -682,23 +851,33 @@ def train_ppo(policy, ref_model, reward_model, value_model, tokenizer, prompts: 
 
     In place: ``policy`` and ``value_model`` are trained; dropout is switched off in every model
     and the reference and reward models are frozen. All models must be on the policy's device.
+
+    Under ``accelerate launch`` every process runs this with the same arguments and they train
+    one policy together (``ppo_step``): the same seeded generator draws the same global batches
+    of prompts everywhere, each process samples its slice with its own seed, and the trained
+    models start from rank 0's weights. ``progress`` and ``callback`` run in every process, with
+    the global metrics and every answer (a callback that judges the policy judges the same
+    weights everywhere); print or save from one process only if that matters.
     """
     from rlhf_helpers.env import seed_everything
 
+    per_process_config(config)  # sizes that do not split across the processes: refused before any work
+    distributed.start(next(policy.parameters()).device)
     if reward_model is None and reward_fn is None:
         raise ValueError("Give a reward_model or a reward_fn.")
     if value_model is None:
         if reward_model is None:
             raise ValueError("Without a reward model, pass a value_model (value_model_from_causal_lm(policy)).")
         value_model = value_model_from_reward_model(reward_model)
-    seed_everything(config.seed)  # the samples, reproducibly
-    generator = torch.Generator().manual_seed(config.seed)  # the prompts and minibatches
+    seed_everything(config.seed + distributed.rank())  # the samples, reproducibly; each process its own
+    generator = torch.Generator().manual_seed(config.seed)  # the prompts and minibatches, alike everywhere
     for model in (policy, ref_model, reward_model, value_model):
         if model is not None:
             disable_dropout(model)
     for frozen in (ref_model, reward_model):
         if frozen is not None:
             frozen.eval().requires_grad_(False)
+    distributed.broadcast_parameters(policy, value_model)
     optimizer = make_optimizer(policy, value_model, config.lr)
     kl_ctl = kl_controller(config)
     batches = prompt_batches(prompts, config.batch_size, generator)
@@ -737,10 +916,11 @@ def score_statistics(policy, tokenizer, prompts: list[str], config: PPOConfig, *
     for _ in range(batches):
         batch_prompts = next(source)
         prompt_ids, prompt_mask = encode_prompts(tokenizer, batch_prompts, device)
-        responses, mask, _ = sample_responses(policy, prompt_ids, prompt_mask, config, end_id, pad_id)
-        sequences, attention_mask = torch.cat([prompt_ids, responses], 1), torch.cat([prompt_mask, mask], 1)
-        last_index = prompt_ids.size(1) + mask.sum(1) - 1
-        raw.append(score_responses(batch_prompts, decode(tokenizer, responses), sequences, attention_mask,
-                                   last_index, reward_model, reward_fn))
+        with autocast(device):
+            responses, mask, _ = sample_responses(policy, prompt_ids, prompt_mask, config, end_id, pad_id)
+            sequences, attention_mask = torch.cat([prompt_ids, responses], 1), torch.cat([prompt_mask, mask], 1)
+            last_index = prompt_ids.size(1) + mask.sum(1) - 1
+            raw.append(score_responses(batch_prompts, decode(tokenizer, responses), sequences, attention_mask,
+                                       last_index, reward_model, reward_fn))
     raw = torch.cat(raw)
     return raw.mean().item(), raw.std().item()

@@ -346,9 +346,9 @@ def reward_model_from_sft(folder, tokenizer):
 
 
 def reward_trainer_config(sizes, output_dir: str, **overrides):
-    """A ``RewardConfig`` for a CPU or a GPU: no bf16, no activation checkpointing (trl turns it on
-    by default), no margin and no reward centring (the loss is exactly ``-log sigmoid(r_c - r_r)``),
-    no saving, no hub."""
+    """A ``RewardConfig`` for a CPU or a GPU (``sft.trainer_settings``: bf16 only where the profile
+    asks for it on CUDA, no activation checkpointing), no margin and no reward centring (the loss is
+    exactly ``-log sigmoid(r_c - r_r)``), no saving, no hub."""
     from trl import RewardConfig
 
     settings = sft.trainer_settings(output_dir, sizes.max_steps, sizes.batch_size, sizes.lr, REWARD_SEED)

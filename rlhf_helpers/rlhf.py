@@ -28,6 +28,10 @@ The gold utility of a response that never ended carries a penalty of ``labeler.W
 ``gold`` is corrected with the step's end rate (the penalty is additive, so the correction is
 exact for the mean).
 
+Under ``accelerate launch`` both artifacts are trained by every process together (``ppo.train_ppo``
+shares each batch across them); each process also judges the policy on the held-out prompts, the
+same judgement everywhere, and the artifact cache keeps one copy.
+
 Left out: several samples per prompt, a replay of the SFT loss ("PPO-ptx" in InstructGPT),
 reward-model ensembles, early stopping on KL, and any change to ``ppo.py``'s algorithm.
 """
@@ -420,7 +424,8 @@ def ppo_path(callback=None) -> Path:
     from rlhf_helpers import artifacts
 
     return artifacts.fetch("ppo", ppo_artifact_config(), lambda folder, progress: _build_ppo(folder, progress, callback),
-                           made_by="lesson 06 (rlhf_helpers.rlhf)")
+                           made_by="lesson 06 (rlhf_helpers.rlhf)",
+                           together=True)  # under a launch, every process trains it (ppo.train_ppo)
 
 
 def load_ppo_policy():
@@ -481,7 +486,7 @@ def overoptimisation_path() -> Path:
     from rlhf_helpers import artifacts
 
     return artifacts.fetch("ppo_overoptimisation", overoptimisation_config(), _build_overoptimisation,
-                           made_by="lesson 06 (rlhf_helpers.rlhf)")
+                           made_by="lesson 06 (rlhf_helpers.rlhf)", together=True)
 
 
 def overoptimisation_runs() -> list[dict]:

@@ -36,13 +36,29 @@ def demonstrations_dataset(tasks: list[instructions.Task]):
     ])
 
 
+def trainer_bf16() -> bool:
+    """Whether trl's Trainer trains in bf16 mixed precision: on CUDA, when the profile asks
+    (``env.autocast_dtype``: the ``gpu`` profile does). On a CPU, never."""
+    from rlhf_helpers.env import autocast_dtype
+
+    return torch.cuda.is_available() and autocast_dtype("cuda") is torch.bfloat16
+
+
 def trainer_settings(output_dir: str, steps: int, batch_size: int, lr: float, seed: int) -> dict:
     """What every trl trainer of the course shares (SFT here; reward, DPO and GRPO later): AdamW with a
-    cosine schedule after a short warm-up, no bf16 and no activation checkpointing on a CPU (trl turns
-    the latter on by default; our models are tiny), no saving, no hub, no progress bar of its own."""
-    return dict(output_dir=output_dir, max_steps=steps, per_device_train_batch_size=batch_size, learning_rate=lr,
+    cosine schedule after a short warm-up, bf16 only where the profile asks for it on CUDA
+    (``trainer_bf16``), no activation checkpointing (trl turns it on by default; our models are
+    small), no saving, no hub, no progress bar of its own.
+
+    ``batch_size`` is the global batch: under ``accelerate launch`` each of N processes takes
+    ``batch_size / N`` examples a step (``distributed.per_process``), so the recipe trains on the
+    same batches however many processes share it."""
+    from rlhf_helpers import distributed
+
+    per_device = distributed.per_process(batch_size, "The batch")
+    return dict(output_dir=output_dir, max_steps=steps, per_device_train_batch_size=per_device, learning_rate=lr,
                 lr_scheduler_type="cosine", warmup_steps=max(1, steps // 20), logging_steps=max(1, steps // 30),
-                use_cpu=not torch.cuda.is_available(), bf16=False, activation_checkpointing=False,
+                use_cpu=not torch.cuda.is_available(), bf16=trainer_bf16(), activation_checkpointing=False,
                 save_strategy="no", report_to=[], seed=seed, disable_tqdm=True, dataloader_num_workers=0)
 
 

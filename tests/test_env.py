@@ -115,3 +115,17 @@ def test_a_bad_size_override_is_one_clear_error(monkeypatch, spec, message):
     monkeypatch.setenv(env.SIZES_VAR, spec)
     with pytest.raises(env.CourseConfigError, match=message):
         env.get_profile("cpu")
+
+
+def test_under_a_launch_cuda_is_each_processs_own_gpu(monkeypatch):
+    """``accelerate launch`` and ``torchrun`` set ``LOCAL_RANK``: process i of a machine takes GPU i
+    (the models are moved there before any process group exists). Alone, nothing changes."""
+    monkeypatch.delenv(env.DEVICE_VAR, raising=False)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert env.get_device() == torch.device("cuda")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert env.get_device() == torch.device("cuda", 3)
+    monkeypatch.setenv(env.DEVICE_VAR, "cuda")
+    assert env.get_device() == torch.device("cuda", 3)
