@@ -547,7 +547,7 @@ def lora_ppo_policy(r: int, alpha: int):
 
     sft_lora, tokenizer = peft_sft.load_sft_lora()
     merged = sft_lora.merge_and_unload()  # a plain model (GPT2LMHeadModel by default): the SFT model of lesson 04
-    return lora.wrap_with_peft(merged, lora.peft_lora_config(r=r, alpha=alpha)).eval(), tokenizer
+    return lora.wrap_with_peft(merged, lora.peft_lora_config(r=r, alpha=alpha, model=merged)).eval(), tokenizer
 
 
 def reference_memory(policy, lora_policy) -> dict:
