@@ -138,7 +138,7 @@ def cmd_site(args) -> int:
 def cmd_run(args) -> int:
     from course.run import run
 
-    run(args.stage, profile=args.profile, sizes=args.set)
+    run(args.stage, profile=args.profile, sizes=args.set, model=args.model)
     return 0
 
 
@@ -237,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", help="cpu or gpu (default: $RLHF_PROFILE or automatic)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override a size, e.g. --set ppo.steps=40 (repeatable)")
+    p.add_argument("--model", metavar="PATH_OR_ID",
+                   help="start SFT (and every later stage) from this causal LM instead of the base GPT: a folder "
+                        "saved with save_pretrained, or a hub id with RLHF_ALLOW_HUB=1 (default: $RLHF_MODEL)")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("pack", help="write every trained stage into one archive, for other machines")
     p.add_argument("-o", "--output", default=".", help="the archive, or a folder for it (default: here)")

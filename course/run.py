@@ -10,6 +10,11 @@ first stage that is missing.
 Sizes come from the profile (``--profile``) with overrides (``--set ppo.steps=40``), which travel
 in ``$RLHF_PROFILE`` and ``$RLHF_SIZES`` so that every stage sees them; changed sizes build new
 artifacts beside the default ones.
+
+``--model PATH_OR_ID`` starts SFT, and so every stage after it, from another causal LM instead of
+the base GPT (``rlhf_helpers.models``): a folder saved with ``save_pretrained``, or a hub id with
+``RLHF_ALLOW_HUB=1``. It travels in ``$RLHF_MODEL``, and its identity goes into every later
+artifact's key, so its artifacts sit beside the default ones too.
 """
 
 from __future__ import annotations
@@ -38,25 +43,35 @@ def _stages() -> dict[str, tuple[str, Callable[[], Path]]]:
 
 
 STAGES = ("tokenizer", "base", "sft", "sft_lora", "reward", "ppo", "dpo", "grpo", "arena")
+BEFORE_SFT = ("tokenizer", "base")  # the stages a --model replaces, so cannot take one
 
 
-def run(stage: str, *, profile: str | None = None, sizes: list[str] = ()) -> Path:
-    """Build (or find) ``stage``'s artifact with these sizes; return its folder."""
+def run(stage: str, *, profile: str | None = None, sizes: list[str] = (), model: str | None = None) -> Path:
+    """Build (or find) ``stage``'s artifact with these sizes, from this model; return its folder."""
     if stage not in STAGES:
         raise SystemExit(f"Unknown stage {stage!r}. Stages, in pipeline order: {', '.join(STAGES)}.")
     if profile:
         os.environ["RLHF_PROFILE"] = profile
     if sizes:
         os.environ["RLHF_SIZES"] = ",".join(sizes)
+    from rlhf_helpers import models
     from rlhf_helpers.distributed import is_main_process
-    from rlhf_helpers.env import get_profile
+    from rlhf_helpers.env import CourseConfigError, get_profile
 
+    if model:
+        if stage in BEFORE_SFT:
+            raise CourseConfigError(f"--model replaces the course's tokenizer and base GPT as the start of SFT: "
+                                    f"use it with the stages after them ({', '.join(STAGES[2:])}), not {stage}.")
+        os.environ[models.MODEL_VAR] = models.resolve(model)  # a folder as an absolute path, for every stage
     chosen = get_profile()  # fails here, before any work, on a bad profile or override
+    source = models.chosen_model() if stage not in BEFORE_SFT else None
+    if source:
+        models.model_identity(source)  # fails here too, on a hub id while offline
     description, build = _stages()[stage]
     main = is_main_process()  # under `accelerate launch`, one process speaks for all
     if main:
-        print(f"{stage}: {description}; profile {chosen.name}" + (f" with {', '.join(sizes)}" if sizes else ""),
-              flush=True)
+        print(f"{stage}: {description}; profile {chosen.name}" + (f" with {', '.join(sizes)}" if sizes else "")
+              + (f"; starting from {source}" if source else ""), flush=True)
     start = time.perf_counter()
     folder = build()
     if main:

@@ -8,6 +8,7 @@ Each module holds one concept, and a lesson imports only what earlier lessons ta
 - ``bpe``        byte-pair encoding from scratch (lesson 01's reference code)
 - ``gpt``        the lesson-02 GPT, its training loop, its GPT-2 export, the ``base`` artifact
 - ``instructions`` the demonstration tasks and the check of whether a response follows one
+- ``models``     any causal LM as post-training's starting point (``--model``): loading, context, chat
 - ``sft``        supervised fine-tuning with trl and the ``sft`` artifact (lesson 03)
 - ``lora``       LoRA from scratch, its peft twin, and the memory arithmetic of QLoRA (lesson 04)
 - ``peft_sft``   lesson 03's recipe with peft adapters: the ``sft_lora`` and comparison artifacts

@@ -261,10 +261,12 @@ MODELS = ("base", "sft", "ppo", "dpo", "grpo", "grpo_rule")
 
 
 def load_models(names=MODELS) -> dict:
-    """``{name: (model, tokenizer)}`` for the arena, each loaded (and built if missing) from its artifact."""
-    from rlhf_helpers import beyond_ppo, gpt, rlhf, sft
+    """``{name: (model, tokenizer)}`` for the arena, each loaded (and built if missing) from its artifact.
 
-    loaders = {"base": gpt.load_base_model, "sft": sft.load_sft_model, "ppo": rlhf.load_ppo_policy,
+    ``base`` is the model SFT started from: the course's base GPT, or the ``--model`` one."""
+    from rlhf_helpers import beyond_ppo, models, rlhf, sft
+
+    loaders = {"base": models.load_start_model, "sft": sft.load_sft_model, "ppo": rlhf.load_ppo_policy,
                "dpo": beyond_ppo.load_dpo_model, "grpo": lambda: beyond_ppo.load_grpo_model("model"),
                "grpo_rule": lambda: beyond_ppo.load_grpo_model("rule")}
     return {name: loaders[name]() for name in names}

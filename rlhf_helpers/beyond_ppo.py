@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 from rlhf_helpers import gpt, instructions, reward, sft
-from rlhf_helpers.ppo import END_TOKEN
+from rlhf_helpers.ppo import special_ids
 
 BEYOND_VERSION = 2  # bump when the recipe changes, so cached models are rebuilt
 DPO_SEED = 0
@@ -145,7 +145,8 @@ def dpo_path() -> Path:
 
 
 def load_dpo_model():
-    """The DPO policy as ``(GPT2LMHeadModel, tokenizer)``, in eval mode, on the course device."""
+    """The DPO policy as ``(model, tokenizer)`` (a ``GPT2LMHeadModel`` unless ``--model`` chose another
+    architecture), in eval mode, on the course device."""
     return gpt.load_saved_model(dpo_path() / "model")
 
 
@@ -220,12 +221,13 @@ def grpo_trainer(model, tokenizer, reward_funcs, prompts: list[str], sizes, outp
                  **overrides):
     """trl's ``GRPOTrainer`` on ``prompts``, printing nothing.
 
-    Generation stops at ``<|im_end|>`` as well as at the end-of-text token (set on the model's
-    generation config: trl stops at what it lists).
+    Generation stops at the end of an answer (``<|im_end|>`` in the course's template,
+    ``ppo.special_ids``) as well as at the end-of-text token (set on the model's generation config:
+    trl stops at what it lists).
     """
     from trl import GRPOTrainer
 
-    end_id = tokenizer.convert_tokens_to_ids(END_TOKEN)
+    end_id, _ = special_ids(tokenizer)
     model.generation_config.eos_token_id = [tokenizer.eos_token_id, end_id]
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     config = grpo_trainer_config(sizes, output_dir, **overrides)
@@ -245,9 +247,10 @@ def train_grpo(sizes, reward_name: str = "model", progress=None):
         raise ValueError(f"reward_name must be one of {GRPO_REWARDS}, got {reward_name!r}.")
     seed_everything(GRPO_SEED)
     model, tokenizer = sft.load_sft_model()
+    saved_eos = model.generation_config.eos_token_id
     if reward_name == "model":
         reward_model, reward_tokenizer, stats = reward.load_reward_model()
-        funcs = [model_reward(reward_model, reward_tokenizer, stats, tokenizer.convert_tokens_to_ids(END_TOKEN))]
+        funcs = [model_reward(reward_model, reward_tokenizer, stats, special_ids(tokenizer)[0])]
     else:
         funcs = [rule_reward]
     with tempfile.TemporaryDirectory() as out:
@@ -257,7 +260,7 @@ def train_grpo(sizes, reward_name: str = "model", progress=None):
         trainer.train()
         seconds = time.perf_counter() - start
     model = trainer.model.eval()
-    model.generation_config.eos_token_id = tokenizer.eos_token_id  # as the SFT model saved it
+    model.generation_config.eos_token_id = saved_eos  # as the SFT model saved it
     return model, tokenizer, trainer.state.log_history, seconds
 
 
@@ -283,7 +286,8 @@ def grpo_path(reward_name: str = "model") -> Path:
 
 
 def load_grpo_model(reward_name: str = "model"):
-    """A GRPO policy as ``(GPT2LMHeadModel, tokenizer)``, in eval mode, on the course device."""
+    """A GRPO policy as ``(model, tokenizer)`` (a ``GPT2LMHeadModel`` unless ``--model`` chose another
+    architecture), in eval mode, on the course device."""
     return gpt.load_saved_model(grpo_path(reward_name) / "model")
 
 

@@ -10,6 +10,8 @@ Environment variables a learner or instructor may set:
 ``RLHF_PROFILE``   ``cpu`` or ``gpu`` (default: ``gpu`` when CUDA is available, else ``cpu``)
 ``RLHF_DEVICE``    ``cpu``, ``cuda`` or ``mps`` (default: the best available)
 ``RLHF_ALLOW_HUB`` ``1`` to let the Hugging Face libraries reach the network (default: offline)
+``RLHF_MODEL``     a model folder (or, with ``RLHF_ALLOW_HUB=1``, a hub id) that SFT starts from
+                   instead of the base GPT (default: the base GPT; see ``models``)
 """
 
 from __future__ import annotations
@@ -211,25 +213,36 @@ def with_sizes(profile: Profile, overrides: str) -> Profile:
     """``profile`` with sizes replaced: ``"ppo.steps=40, sft.max_steps=600"``.
 
     Each override names a section of the profile (``gpt``, ``sft``, ``peft``, ``reward``, ``ppo``,
-    ``beyond``) and one of its fields; the value takes that field's type. Artifacts are keyed by
+    ``beyond``) and one of its fields; the value takes that field's type. ``eval_prompts=40``, with
+    no section, sets how many held-out prompts every model is judged on. Artifacts are keyed by
     their sizes, so changed sizes build new artifacts and never overwrite the default ones.
     """
     for item in filter(None, (part.strip() for part in overrides.split(","))):
         target, _, raw = item.partition("=")
+        if target.strip() == "eval_prompts":
+            profile = replace(profile, eval_prompts=_size_value(item, "eval_prompts", profile.eval_prompts, raw))
+            continue
         section, _, field = target.strip().partition(".")
         sizes = getattr(profile, section, None) if section in _SIZE_SECTIONS else None
         if sizes is None or field not in {f.name for f in fields(sizes)} or not raw.strip():
             valid = ", ".join(f"{s}.<field>" for s in _SIZE_SECTIONS)
             raise CourseConfigError(f"Cannot apply the size override {item!r} ({SIZES_VAR}): write "
-                                    f"section.field=value with section one of {valid}, e.g. ppo.steps=40.")
-        current = getattr(sizes, field)
-        try:
-            value = tuple(type(current[0])(v) for v in raw.split()) if isinstance(current, tuple) else type(current)(raw.strip())
-        except ValueError:
-            raise CourseConfigError(f"{item!r}: {section}.{field} takes a {type(current).__name__}, "
-                                    f"like its default {current!r}.") from None
+                                    f"section.field=value with section one of {valid}, e.g. ppo.steps=40 "
+                                    "(or eval_prompts=N).")
+        value = _size_value(item, f"{section}.{field}", getattr(sizes, field), raw)
         profile = replace(profile, **{section: replace(sizes, **{field: value})})
     return profile
+
+
+def _size_value(item: str, name: str, current, raw: str):
+    """``raw`` as the type of the size it replaces (a tuple: space-separated values)."""
+    try:
+        if isinstance(current, tuple):
+            return tuple(type(current[0])(v) for v in raw.split())
+        return type(current)(raw.strip())
+    except ValueError:
+        raise CourseConfigError(f"{item!r}: {name} takes a {type(current).__name__}, "
+                                f"like its default {current!r}.") from None
 
 
 def _mps_is_reliable() -> bool:

@@ -724,17 +724,16 @@ def base_model_path():
 
 
 def load_saved_model(folder):
-    """A GPT-2 saved with its tokenizer by ``save_pretrained`` (any stage's ``model/`` folder).
+    """A model saved with its tokenizer by ``save_pretrained`` (any stage's ``model/`` folder).
 
-    Returns ``(GPT2LMHeadModel, tokenizer)``, in eval mode, on the course device; the weights
-    come from safetensors, never from a pickle.
+    Returns ``(model, tokenizer)``, in eval mode, on the course device: a ``GPT2LMHeadModel`` for the
+    course's own models, whatever architecture a ``--model`` run trained otherwise (transformers'
+    ``AutoModelForCausalLM`` reads it from the folder's ``config.json``, ``models.load_causal_lm``).
+    The weights come from safetensors, never from a pickle.
     """
-    from transformers import AutoTokenizer, GPT2LMHeadModel
+    from rlhf_helpers import models
 
-    from rlhf_helpers.env import get_device
-
-    model = GPT2LMHeadModel.from_pretrained(str(folder), use_safetensors=True).to(get_device()).eval()
-    return model, AutoTokenizer.from_pretrained(str(folder))
+    return models.load_causal_lm(folder)
 
 
 def load_base_model():

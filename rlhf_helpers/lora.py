@@ -19,8 +19,9 @@ wraps either kind; its ``A`` and ``B`` always use ``nn.Linear``'s layout, as pef
 the merge has to transpose.
 
 Also here: saving an adapter alone (a few hundred kilobytes, as safetensors), the same adapter
-through peft (``peft_lora_config``, ``wrap_with_peft``, ``copy_lora_into_peft``), and the memory
-arithmetic behind QLoRA (``training_memory_gb``, ``memory_table``).
+through peft (``peft_lora_config``, ``wrap_with_peft``, ``copy_lora_into_peft``), where LoRA goes
+in a model of any architecture (``lora_targets``: every projection of its decoder layers), and the
+memory arithmetic behind QLoRA (``training_memory_gb``, ``memory_table``).
 
 Left out: quantisation itself (QLoRA's 4-bit NF4 base weights need bitsandbytes and a CUDA GPU;
 here the 4-bit figure is arithmetic only), LoRA on embeddings, trainable biases, several adapters
@@ -253,18 +254,56 @@ def load_adapter(model: nn.Module, path) -> nn.Module:
 # --------------------------------------------------------------------------------------------
 
 
-def peft_lora_config(r: int = 8, alpha: float = 16, dropout: float = 0.0, target_modules=DEFAULT_TARGETS):
-    """A ``peft.LoraConfig`` for a GPT-2 causal LM with the same settings as ``add_lora``.
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The repeated blocks of any transformers model: its largest ``nn.ModuleList`` (GPT-2's
+    ``transformer.h``, Llama's and Qwen2's ``model.layers``)."""
+    stacks = [m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m)]
+    if not stacks:
+        raise ValueError(f"{type(model).__name__} has no stack of layers (nn.ModuleList) to adapt.")
+    return max(stacks, key=lambda stack: sum(1 for _ in stack.modules()))
+
+
+def lora_targets(model: nn.Module) -> tuple[str, ...]:
+    """Where LoRA goes in any transformers model: every projection inside its decoder layers.
+
+    Every ``nn.Linear`` or ``Conv1D`` inside ``decoder_layers(model)`` is an attention or MLP
+    projection. Returned by the last part of their names, in model order, as peft matches them:
+    ``("c_attn", "c_proj", "c_fc")`` for GPT-2 (``DEFAULT_TARGETS``), ``("q_proj", "k_proj",
+    "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")`` for Llama and Qwen2. The embeddings,
+    ``lm_head`` and a reward model's ``score`` sit outside the layers, so they are never targeted.
+    """
+    layer_types = (nn.Linear, _conv1d_class())
+    names = [name.rpartition(".")[2] for name, m in decoder_layers(model).named_modules() if isinstance(m, layer_types)]
+    if not names:
+        raise ValueError(f"The decoder layers of {type(model).__name__} hold no nn.Linear or Conv1D layer.")
+    return tuple(dict.fromkeys(names))
+
+
+def stores_transposed(model: nn.Module, targets=DEFAULT_TARGETS) -> bool:
+    """True when ``model``'s targeted layers are ``Conv1D`` (GPT-2), whose weights are ``(in, out)``."""
+    conv1d = _conv1d_class()
+    return any(isinstance(m, conv1d) for name, m in model.named_modules() if name.rpartition(".")[2] in targets)
+
+
+def peft_lora_config(r: int = 8, alpha: float = 16, dropout: float = 0.0, target_modules=DEFAULT_TARGETS,
+                     model: nn.Module | None = None):
+    """A ``peft.LoraConfig`` with the same settings as ``add_lora``: for GPT-2, or for ``model``.
 
     ``fan_in_fan_out=True`` tells peft that the targeted weights are stored ``(in, out)``, as
     GPT-2's ``Conv1D`` stores them. (peft sets it itself when it meets a Conv1D, with a warning;
     saying so up front avoids the warning.) peft also matches ``target_modules`` by the end of a
-    layer's name, so ``"c_proj"`` adapts both projections called that.
+    layer's name, so ``"c_proj"`` adapts both projections called that. Given a ``model`` (any
+    architecture), its own projections are the targets (``lora_targets(model)``) and
+    ``fan_in_fan_out`` says how they store their weights.
     """
     from peft import LoraConfig
 
+    fan_in_fan_out = True
+    if model is not None:
+        target_modules = lora_targets(model)
+        fan_in_fan_out = stores_transposed(model, target_modules)
     return LoraConfig(task_type="CAUSAL_LM", r=r, lora_alpha=alpha, lora_dropout=dropout,
-                      target_modules=list(target_modules), fan_in_fan_out=True)
+                      target_modules=list(target_modules), fan_in_fan_out=fan_in_fan_out)
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, replace
 
-from rlhf_helpers import artifacts, evaluation, gpt, lora, sft
+from rlhf_helpers import artifacts, evaluation, lora, models, sft
 
 PEFT_VERSION = 2  # bump when the recipe changes, so cached adapters and tables are rebuilt
 
@@ -33,18 +33,35 @@ PEFT_VERSION = 2  # bump when the recipe changes, so cached adapters and tables 
 SPECIAL_TOKEN_IDS = (0, 1, 2, 3)
 
 
-def lora_config(r: int, alpha: int, train_special_tokens: bool = True):
+def lora_config(r: int, alpha: int, train_special_tokens: bool = True, model=None, tokenizer=None):
     """LoRA on GPT-2's attention and MLP projections, plus the special tokens' embedding rows.
 
     ``trainable_token_indices`` makes peft train just those rows of the (tied) embedding: 4 x 128
     numbers here. Llama 3's base model had the same trap: its chat tokens were untrained, and
-    adapters that left them frozen produced endless answers.
+    adapters that left them frozen produced endless answers. Given the ``model`` it will adapt and
+    its ``tokenizer`` (any architecture, ``--model``), the projections are that model's own
+    (``lora.lora_targets``) and the rows are its chat tokens (``special_token_rows``).
     """
-    config = lora.peft_lora_config(r=r, alpha=alpha)
+    config = lora.peft_lora_config(r=r, alpha=alpha, model=model)
     if train_special_tokens:
         _let_trl_read_a_tied_head()
-        config.trainable_token_indices = {"wte": list(SPECIAL_TOKEN_IDS)}
+        config.trainable_token_indices = special_token_rows(model, tokenizer)
     return config
+
+
+def special_token_rows(model=None, tokenizer=None) -> dict[str, list[int]]:
+    """``{embedding layer's name: the chat's special token ids}``, for peft's ``trainable_token_indices``.
+
+    The course's GPT-2 by default: ``{"wte": [0, 1, 2, 3]}``. Any other model: the last part of its
+    input embedding's name (``embed_tokens`` for Llama and Qwen2) and ``tokenizers.chat_token_ids``.
+    """
+    if model is None:
+        return {"wte": list(SPECIAL_TOKEN_IDS)}
+    from rlhf_helpers.tokenizers import chat_token_ids
+
+    embedding = model.get_input_embeddings()
+    name = next(name for name, module in model.named_modules() if module is embedding)
+    return {name.rpartition(".")[2]: chat_token_ids(tokenizer)}
 
 
 def _let_trl_read_a_tied_head() -> None:
@@ -67,12 +84,42 @@ def _let_trl_read_a_tied_head() -> None:
     TrainableTokensWrapper._course_forwards_bias = True
 
 
-def ia3_config():
-    """IA3: learned scales on the attention projection's output and on the MLP's input to c_proj."""
+def ia3_config(model=None):
+    """IA3: learned scales on the attention projection's output and on the MLP's input to c_proj.
+
+    Given a ``model`` (any architecture), ``ia3_targets`` finds the same two places in it.
+    """
     from peft import IA3Config
 
-    return IA3Config(task_type="CAUSAL_LM", target_modules=["c_attn", "mlp.c_proj"],
-                     feedforward_modules=["mlp.c_proj"], fan_in_fan_out=True)
+    if model is None:
+        return IA3Config(task_type="CAUSAL_LM", target_modules=["c_attn", "mlp.c_proj"],
+                         feedforward_modules=["mlp.c_proj"], fan_in_fan_out=True)
+    targets, feedforward = ia3_targets(model)
+    return IA3Config(task_type="CAUSAL_LM", target_modules=targets, feedforward_modules=feedforward,
+                     fan_in_fan_out=lora.stores_transposed(model, [t.rpartition(".")[2] for t in targets]))
+
+
+def ia3_targets(model) -> tuple[list[str], list[str]]:
+    """IA3's places in one decoder layer of any model: ``(target_modules, feedforward_modules)``.
+
+    The attention's input projections (every projection of the attention block but its last, the
+    output one: GPT-2's fused ``attn.c_attn``, Llama's ``self_attn.q_proj``, ``k_proj`` and
+    ``v_proj``) scale their outputs; the layer's last projection, the MLP's down projection
+    (``mlp.c_proj``, ``mlp.down_proj``), is a feedforward module: IA3 scales its input. Named by
+    their last two parts, which peft matches at the end of each layer's full name.
+    """
+    import torch.nn as nn
+
+    from transformers.pytorch_utils import Conv1D
+
+    layer = lora.decoder_layers(model)[0]
+    projections = [name for name, m in layer.named_modules() if isinstance(m, (nn.Linear, Conv1D))]
+    attention = [n for n in projections if "attn" in n.split(".")[0] or "attention" in n.split(".")[0]]
+    if len(attention) < 2 or projections[-1] in attention:
+        raise ValueError(f"Cannot find the attention and MLP projections of {type(model).__name__} for IA3.")
+    short = lambda name: ".".join(name.split(".")[-2:])
+    feedforward = [short(projections[-1])]
+    return [short(n) for n in attention[:-1]] + feedforward, feedforward
 
 
 def prompt_tuning_config(virtual_tokens: int):
@@ -82,12 +129,15 @@ def prompt_tuning_config(virtual_tokens: int):
     return PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=virtual_tokens)
 
 
-def methods(sizes) -> dict[str, object]:
+def methods(sizes, model=None, tokenizer=None) -> dict[str, object]:
     """The peft configurations of lesson 04's comparison, by display name, each trained for
-    ``sizes.sweep_steps`` (the ``sft_lora`` adapter joins the table from its own, longer, run)."""
-    configs = {f"LoRA r={r}": lora_config(r, 2 * r) for r in sorted({sizes.r, *sizes.ranks})}
-    configs[f"LoRA r={sizes.r}, special tokens frozen"] = lora_config(sizes.r, sizes.alpha, train_special_tokens=False)
-    configs["IA3"] = ia3_config()
+    ``sizes.sweep_steps`` (the ``sft_lora`` adapter joins the table from its own, longer, run).
+    For GPT-2, or for ``model`` and its ``tokenizer`` (any architecture)."""
+    configs = {f"LoRA r={r}": lora_config(r, 2 * r, model=model, tokenizer=tokenizer)
+               for r in sorted({sizes.r, *sizes.ranks})}
+    configs[f"LoRA r={sizes.r}, special tokens frozen"] = lora_config(sizes.r, sizes.alpha, train_special_tokens=False,
+                                                                     model=model)
+    configs["IA3"] = ia3_config(model)
     configs[f"prompt tuning ({sizes.virtual_tokens} tokens)"] = prompt_tuning_config(sizes.virtual_tokens)
     return configs
 
@@ -127,7 +177,7 @@ def _build_sft_lora(folder, progress) -> None:
     from rlhf_helpers.env import get_profile
 
     profile = get_profile()
-    config = lora_config(profile.peft.r, profile.peft.alpha)
+    config = lambda model, tokenizer: lora_config(profile.peft.r, profile.peft.alpha, model=model, tokenizer=tokenizer)
     model, tokenizer, logs, seconds = sft.train_sft(profile, progress, sizes=profile.peft, peft_config=config)
     model.save_pretrained(folder / "adapter")  # adapter_model.safetensors + adapter_config.json
     (folder / "log_history.json").write_text(json.dumps(logs, indent=1))
@@ -150,7 +200,7 @@ def load_sft_lora(adapter_name: str = "default", trainable: bool = False):
     """
     from peft import PeftModel
 
-    base, tokenizer = gpt.load_base_model()
+    base, tokenizer = models.load_start_model()
     with lora.quiet_peft():
         model = PeftModel.from_pretrained(base, str(sft_lora_path() / "adapter"), adapter_name=adapter_name,
                                           is_trainable=trainable)
@@ -176,8 +226,9 @@ def _build_comparison(folder, progress) -> None:
     rows = [measure(lesson_adapter_name(sizes), model, tokenizer, profile, sizes.max_steps, seconds,
                     lora_log_history())]
     sweep = replace(sizes, max_steps=sizes.sweep_steps)
-    for name, config in methods(sizes).items():
+    for name in methods(sizes):
         progress.set_description(name)
+        config = lambda model, tokenizer, name=name: methods(sizes, model, tokenizer)[name]  # for the model loaded
         model, tokenizer, logs, seconds = sft.train_sft(profile, progress, sizes=sweep, peft_config=config)
         rows.append(measure(name, model, tokenizer, profile, sweep.max_steps, seconds, logs))
         model.save_pretrained(folder / "adapters" / _slug(name))  # kept: lesson 04 switches between them

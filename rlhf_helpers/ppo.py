@@ -222,7 +222,8 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions that start at 0 on each row's first real token, as ``generate`` numbers them.
 
     With left padding a GPT-2 left to itself would number positions from the first *pad*, and its
-    log-probabilities would not be those of the tokens it sampled.
+    log-probabilities would not be those of the tokens it sampled. Llama and Qwen2 take the same
+    ``position_ids`` for their rotary embeddings.
     """
     return (attention_mask.long().cumsum(1) - 1).clamp(min=0)
 
@@ -276,10 +277,21 @@ def truncate_after_end(responses: torch.Tensor, end_id: int, pad_id: int):
 
 
 def special_ids(tokenizer) -> tuple[int, int]:
-    """The ids of the end token ``<|im_end|>`` (a response stops there) and of the pad token."""
-    end_id = tokenizer.convert_tokens_to_ids(END_TOKEN)
+    """The ids of the end token (a response stops there) and of the pad token.
+
+    The end token is the one the chat template closes an answer with (``tokenizers.end_of_answer_id``):
+    ``<|im_end|>`` in the course's ChatML, whatever the template of a ``--model`` writes otherwise.
+    A tokenizer without a template (a test's) needs a token named ``<|im_end|>``.
+    """
+    from rlhf_helpers.tokenizers import end_of_answer_id
+
+    if getattr(tokenizer, "chat_template", None):
+        end_id = end_of_answer_id(tokenizer)
+    else:  # no template (plain prompts): the ChatML end token by name
+        end_id = tokenizer.convert_tokens_to_ids(END_TOKEN)
     if end_id is None or end_id == tokenizer.unk_token_id or tokenizer.pad_token_id is None:
-        raise ValueError(f"The tokenizer needs a {END_TOKEN} token and a pad token (the course tokenizer has both).")
+        raise ValueError(f"The tokenizer needs an end token ({END_TOKEN}, or the one its chat template closes an "
+                         "answer with) and a pad token (the course tokenizer has both).")
     return end_id, tokenizer.pad_token_id
 
 
@@ -305,9 +317,11 @@ def sample_responses(policy, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor
     ``top_k=0`` and ``top_p=1.0`` switch off the filters ``generate`` might otherwise take from a
     generation config: PPO's log-probabilities assume the full (tempered) distribution.
     """
+    from rlhf_helpers.models import context_length
+
     policy.eval()
-    context = getattr(policy.config, "n_positions", None)
-    if context is not None and prompt_ids.size(1) + config.max_new_tokens > context:
+    context = context_length(policy)
+    if prompt_ids.size(1) + config.max_new_tokens > context:
         raise ValueError(f"Prompts of {prompt_ids.size(1)} tokens + {config.max_new_tokens} new tokens "
                          f"exceed the model's context of {context}; lower max_new_tokens.")
     sequences = policy.generate(input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=True,
@@ -340,12 +354,23 @@ class ValueModel(nn.Module):
 
 
 def value_model_from_reward_model(reward_model) -> ValueModel:
-    """A ``ValueModel`` initialised as a copy of a ``GPT2ForSequenceClassification`` reward model.
+    """A ``ValueModel`` initialised as a copy of a reward model (``AutoModelForSequenceClassification``
+    with one label: ``GPT2ForSequenceClassification``, ``LlamaForSequenceClassification``, ...).
 
-    Its transformer (``reward_model.base_model``) and its ``score`` head are deep-copied, so
-    training the value model leaves the reward model untouched.
+    Its transformer (``reward_model.base_model``: GPT-2's ``transformer``, Llama's ``model``) and its
+    ``score`` head are deep-copied, so training the value model leaves the reward model untouched.
     """
-    return ValueModel(copy.deepcopy(reward_model.base_model), copy.deepcopy(reward_model.score))
+    return ValueModel(copy.deepcopy(reward_model.base_model), copy.deepcopy(score_head(reward_model)))
+
+
+def score_head(reward_model) -> nn.Linear:
+    """The reward model's scalar head: ``score``, the name transformers gives it in every decoder's
+    ``...ForSequenceClassification``."""
+    head = getattr(reward_model, "score", None)
+    if not isinstance(head, nn.Linear):
+        raise ValueError(f"{type(reward_model).__name__} has no linear 'score' head; build the reward model with "
+                         "AutoModelForSequenceClassification (num_labels=1) from a decoder-only model.")
+    return head
 
 
 def value_model_from_causal_lm(model) -> ValueModel:
@@ -355,7 +380,7 @@ def value_model_from_causal_lm(model) -> ValueModel:
     """
     if hasattr(model, "disable_adapter"):
         raise ValueError("Pass the plain (or merged) language model, not a peft model.")
-    head = nn.Linear(model.config.n_embd, 1, bias=False)
+    head = nn.Linear(model.config.get_text_config().hidden_size, 1, bias=False)
     nn.init.zeros_(head.weight)  # every value starts at 0: no guess is better than a random one
     return ValueModel(copy.deepcopy(model.base_model), head).to(next(model.parameters()).device)
 
@@ -365,13 +390,13 @@ def reward_model_scores(reward_model, sequences: torch.Tensor, attention_mask: t
                         last_index: torch.Tensor) -> torch.Tensor:
     """The reward model's score ``(B,)`` of each sequence, read at its last real token.
 
-    What ``GPT2ForSequenceClassification`` does itself when it finds the last non-pad token; we
+    What a ``...ForSequenceClassification`` does itself when it finds the last non-pad token; we
     pass the index, known from the masks.
     """
     hidden = reward_model.base_model(input_ids=sequences, attention_mask=attention_mask,
                                      position_ids=position_ids_from_mask(attention_mask)).last_hidden_state
     last = hidden[torch.arange(sequences.size(0), device=sequences.device), last_index]
-    return reward_model.score(last).squeeze(-1).float()
+    return score_head(reward_model)(last).squeeze(-1).float()
 
 
 def normalise_scores(raw: torch.Tensor, reward_stats: tuple[float, float], has_end: torch.Tensor,
@@ -532,19 +557,23 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
 
 
 def disable_dropout(model: nn.Module) -> nn.Module:
-    """Set every dropout probability to 0, in the modules and (GPT-2) in the config; returns it.
+    """Set every dropout probability to 0, in the modules and in the config; returns it.
 
     With dropout on, the same tokens get different log-probabilities on every forward pass: the
     ratio would not start at 1, and the KL to the reference would be noise. ``model.eval()``
-    alone is not enough, because the update runs the policy in training mode.
+    alone is not enough, because the update runs the policy in training mode. GPT-2 drops out
+    through ``nn.Dropout`` modules; Llama and Qwen2 keep their attention's rate as a number
+    (``attention_dropout``), read at every forward pass.
     """
     config = getattr(model, "config", None)
-    for name in ("resid_pdrop", "embd_pdrop", "attn_pdrop", "summary_first_dropout"):
+    for name in ("resid_pdrop", "embd_pdrop", "attn_pdrop", "summary_first_dropout", "attention_dropout"):
         if config is not None and hasattr(config, name):
             setattr(config, name, 0.0)
     for module in model.modules():
         if isinstance(module, nn.Dropout):
             module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
     return model
 
 
@@ -840,7 +869,7 @@ def train_ppo(policy, ref_model, reward_model, value_model, tokenizer, prompts: 
     """Train ``policy`` with PPO for ``steps`` steps; returns the metrics of every step.
 
     ``prompts`` are plain instructions (the chat template is applied if the tokenizer has one).
-    The score comes from ``reward_model`` (a ``GPT2ForSequenceClassification``), or, if it is
+    The score comes from ``reward_model`` (an ``AutoModelForSequenceClassification``), or, if it is
     given, from ``reward_fn(prompts, responses) -> list or tensor of floats`` (then
     ``reward_model`` may be None). ``value_model`` None means a copy of the reward model
     (``value_model_from_reward_model``). ``ref_model`` None means the peft policy with its

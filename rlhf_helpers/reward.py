@@ -47,7 +47,8 @@ from typing import NamedTuple
 
 import torch
 
-from rlhf_helpers import gpt, instructions, labeler, preferences, sft
+from rlhf_helpers import gpt, instructions, labeler, models, preferences, sft
+from rlhf_helpers.tokenizers import end_of_answer_id
 from rlhf_helpers.preferences import Comparison
 
 REWARD_VERSION = 1  # bump when the recipe changes, so cached reward models are rebuilt
@@ -132,7 +133,7 @@ def sample_responses(model, tokenizer, prompts: list[str], k: int, *, temperatur
     """
     model.eval()
     device = next(model.parameters()).device
-    stop_ids = [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id]
+    stop_ids = [end_of_answer_id(tokenizer), tokenizer.eos_token_id]
     rows = [p for p in prompts for _ in range(k)]  # each prompt k times, side by side
     torch.manual_seed(seed)
     texts, ended = [], []
@@ -325,10 +326,12 @@ def _labels_digest(path: Path) -> str:
 def reward_model_from_sft(folder, tokenizer):
     """The SFT model saved in ``folder`` with its language-model head swapped for a scalar head.
 
-    ``AutoModelForSequenceClassification`` with ``num_labels=1`` keeps the transformer, drops
-    ``lm_head`` and adds ``score``, a ``Linear(n_embd, 1)`` without bias, freshly initialised (seed
-    first for a repeatable one). It reads the score at the last token that is not padding, so
-    ``config.pad_token_id`` must be the tokenizer's pad token.
+    ``AutoModelForSequenceClassification`` with ``num_labels=1`` keeps the transformer (the policy's
+    backbone, whatever its architecture: ``GPT2ForSequenceClassification``,
+    ``LlamaForSequenceClassification``, ...), drops ``lm_head`` and adds ``score``, a
+    ``Linear(hidden size, 1)`` without bias, freshly initialised (seed first for a repeatable one).
+    It reads the score at the last token that is not padding, so ``config.pad_token_id`` must be
+    the tokenizer's pad token.
     """
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
@@ -338,7 +341,8 @@ def reward_model_from_sft(folder, tokenizer):
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "score.weight is missing from the checkpoint": yes, it is new
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(str(folder), num_labels=1, use_safetensors=True)
+        model = AutoModelForSequenceClassification.from_pretrained(str(folder), num_labels=1, use_safetensors=True,
+                                                                   trust_remote_code=False)
     finally:
         hf_logging.set_verbosity(verbosity)
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -425,13 +429,13 @@ def score(model, tokenizer, prompts: list[str], responses: list[str], batch_size
 
     Rows are right-padded with the pad token, as in training; the model finds the last token that
     is not padding itself (``config.pad_token_id``). A conversation longer than the context keeps
-    its first ``n_positions`` tokens.
+    its first ``models.context_length(model)`` tokens.
     """
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses: they must pair up.")
     model.eval()
     device = next(model.parameters()).device
-    limit = model.config.n_positions
+    limit = models.context_length(model)
     scores = []
     for start in range(0, len(prompts), batch_size):
         ids = [render(tokenizer, p, r)[:limit] for p, r in zip(prompts[start:start + batch_size],
@@ -518,14 +522,16 @@ def reward_model_path() -> Path:
 
 
 def load_reward_model():
-    """``(model, tokenizer, stats)``: a ``GPT2ForSequenceClassification`` in eval mode on the course
-    device, its tokenizer, and its ``RewardStats`` on SFT answers."""
+    """``(model, tokenizer, stats)``: the reward model (a ``GPT2ForSequenceClassification`` unless
+    ``--model`` chose another architecture) in eval mode on the course device, its tokenizer, and its
+    ``RewardStats`` on SFT answers."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from rlhf_helpers.env import get_device
 
     folder = reward_model_path()
-    model = AutoModelForSequenceClassification.from_pretrained(str(folder / "model"), use_safetensors=True)
+    model = AutoModelForSequenceClassification.from_pretrained(str(folder / "model"), use_safetensors=True,
+                                                               trust_remote_code=False)
     stats = json.loads((folder / "stats.json").read_text())
     return (model.to(get_device()).eval(), AutoTokenizer.from_pretrained(str(folder / "model")),
             RewardStats(stats["mean"], stats["std"]))

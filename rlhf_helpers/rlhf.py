@@ -429,7 +429,8 @@ def ppo_path(callback=None) -> Path:
 
 
 def load_ppo_policy():
-    """The PPO policy as ``(GPT2LMHeadModel, tokenizer)``, in eval mode, on the course device."""
+    """The PPO policy as ``(model, tokenizer)`` (a ``GPT2LMHeadModel`` unless ``--model`` chose another
+    architecture), in eval mode, on the course device."""
     from rlhf_helpers import gpt
 
     return gpt.load_saved_model(ppo_path() / "model")
@@ -550,8 +551,8 @@ def lora_ppo_policy(r: int, alpha: int):
     from rlhf_helpers import lora, peft_sft
 
     sft_lora, tokenizer = peft_sft.load_sft_lora()
-    merged = sft_lora.merge_and_unload()  # a plain GPT2LMHeadModel: the SFT model of lesson 04
-    return lora.wrap_with_peft(merged, lora.peft_lora_config(r=r, alpha=alpha)).eval(), tokenizer
+    merged = sft_lora.merge_and_unload()  # a plain model (GPT2LMHeadModel by default): the SFT model of lesson 04
+    return lora.wrap_with_peft(merged, lora.peft_lora_config(r=r, alpha=alpha, model=merged)).eval(), tokenizer
 
 
 def reference_memory(policy, lora_policy) -> dict:

@@ -19,7 +19,8 @@ from dataclasses import asdict
 
 import torch
 
-from rlhf_helpers import evaluation, gpt, instructions, lora
+from rlhf_helpers import evaluation, gpt, instructions, lora, models
+from rlhf_helpers.tokenizers import end_of_answer_id
 
 SFT_VERSION = 2  # bump when the recipe changes, so cached SFT models are rebuilt
 SFT_SEED = 0
@@ -104,7 +105,8 @@ def sft_trainer(model, tokenizer, tasks: list[instructions.Task], sizes, output_
     from trl import SFTTrainer
 
     virtual_tokens = getattr(peft_config, "num_virtual_tokens", None) or 0
-    config = sft_trainer_config(sizes, output_dir, max_length=model.config.n_positions - virtual_tokens, **overrides)
+    config = sft_trainer_config(sizes, output_dir, max_length=models.context_length(model) - virtual_tokens,
+                                **overrides)
     with quiet_datasets(), lora.quiet_peft():
         trainer = SFTTrainer(model=model, args=config, train_dataset=demonstrations_dataset(tasks),
                              processing_class=tokenizer, callbacks=callbacks, peft_config=peft_config)
@@ -137,7 +139,8 @@ def chat_prompt(tokenizer, prompt: str) -> str:
 def generate_responses(model, tokenizer, prompts: list[str], *, max_new_tokens: int = evaluation.MAX_NEW_TOKENS,
                        temperature: float = evaluation.TEMPERATURE, top_k: int = 0, seed: int = evaluation.SEED,
                        batch_size: int = evaluation.BATCH_SIZE) -> list[str]:
-    """Sample one response per prompt through the chat template; stop at ``<|im_end|>``.
+    """Sample one response per prompt through the chat template; stop at the end of the answer
+    (``<|im_end|>`` in the course's template; ``tokenizers.end_of_answer_id``).
 
     The defaults are the evaluation protocol's sampling (``evaluation``: temperature 0.7, the
     whole distribution, 32 new tokens). Unlike ``evaluation.sample`` this also serves peft models
@@ -147,7 +150,7 @@ def generate_responses(model, tokenizer, prompts: list[str], *, max_new_tokens: 
     """
     model.eval()
     device = next(model.parameters()).device
-    stop_ids = [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id]
+    stop_ids = [end_of_answer_id(tokenizer), tokenizer.eos_token_id]
     torch.manual_seed(seed)
     responses = []
     for start in range(0, len(prompts), batch_size):
@@ -201,10 +204,11 @@ def _new_length(out: torch.Tensor, inputs: dict) -> int:
 def _context_room(model, prompt_length: int) -> int:
     """How many tokens fit after a prompt: the context, minus the prompt and any virtual tokens."""
     virtual = model.active_peft_config.num_virtual_tokens if _prompt_tuned(model) else 0
-    room = model.config.n_positions - prompt_length - virtual
+    context = models.context_length(model)
+    room = context - prompt_length - virtual
     if room < 1:
         raise ValueError(f"A prompt of {prompt_length} tokens leaves no room in a context of "
-                         f"{model.config.n_positions} tokens; shorten it.")
+                         f"{context} tokens; shorten it.")
     return room
 
 
@@ -223,11 +227,13 @@ def shakespeare_loss(model, ids: torch.Tensor, block_size: int = 128, batches: i
 
 
 def sft_config(profile=None) -> dict:
-    """What the ``sft`` artifact depends on: the base model, the SFT sizes, the data, the recipe."""
+    """What the ``sft`` artifact depends on: the model it starts from (the base GPT, or the ``--model``
+    one: ``models.start_config``), the SFT sizes, the data, the recipe. Every later stage's config
+    holds this one, so a different starting model gives different artifacts all the way down."""
     from rlhf_helpers.env import get_profile
 
     profile = profile or get_profile()
-    return {"base": gpt.base_config(profile), "sft": asdict(profile.sft), "seed": SFT_SEED,
+    return {**models.start_config(profile), "sft": asdict(profile.sft), "seed": SFT_SEED,
             "tasks": "instructions.make_tasks('train')", "version": SFT_VERSION}
 
 
@@ -246,15 +252,20 @@ def _progress_callback(progress):
 
 
 def train_sft(profile, progress=None, *, sizes=None, peft_config=None):
-    """Fine-tune the base model on the training demonstrations; return (model, tokenizer, logs, seconds).
+    """Fine-tune the base model (or the ``--model`` one) on the training demonstrations; return
+    (model, tokenizer, logs, seconds).
 
     ``sizes`` defaults to the profile's SFT sizes; a ``peft_config`` trains an adapter instead of
-    every weight (lesson 04), and the model returned is then a peft model.
+    every weight (lesson 04), and the model returned is then a peft model. ``peft_config`` may also
+    be a function ``(model, tokenizer) -> config``, called on the model once it is loaded, so that
+    an adapter finds its places in whatever model that is (``peft_sft.lora_config``).
     """
     from rlhf_helpers.env import seed_everything
 
     seed_everything(SFT_SEED)
-    model, tokenizer = gpt.load_base_model()
+    model, tokenizer = models.load_start_model()
+    if callable(peft_config):
+        peft_config = peft_config(model, tokenizer)
     with tempfile.TemporaryDirectory() as out:
         trainer = sft_trainer(model, tokenizer, instructions.make_tasks("train"), sizes or profile.sft, out,
                               callbacks=[_progress_callback(progress)] if progress is not None else None,
@@ -285,7 +296,8 @@ def sft_model_path():
 
 
 def load_sft_model():
-    """The SFT model as ``(GPT2LMHeadModel, tokenizer)``, in eval mode, on the course device."""
+    """The SFT model as ``(model, tokenizer)`` (a ``GPT2LMHeadModel`` unless ``--model`` chose another
+    architecture), in eval mode, on the course device."""
     return gpt.load_saved_model(sft_model_path() / "model")
 
 

@@ -112,6 +112,48 @@ CHAT_TEMPLATE = (
 )
 
 
+def add_chat_template(tokenizer) -> int:
+    """Give a tokenizer without a chat template the course's ChatML and its two special tokens; in
+    place. Returns how many tokens were new (the model then needs as many new embedding rows)."""
+    added = tokenizer.add_tokens([IM_START, IM_END], special_tokens=True)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return added
+
+
+def _special_ids(tokenizer) -> set[int]:
+    """Every special token's id: the named ones (eos, pad, ...) and any added as special."""
+    added = {i for i, token in tokenizer.added_tokens_decoder.items() if token.special}
+    return set(tokenizer.all_special_ids) | added
+
+
+_ANSWER = "Fair"  # a stand-in answer: what the template writes after it closes the assistant's turn
+
+
+def end_of_answer_id(tokenizer) -> int:
+    """The token that ends an assistant's answer in this tokenizer's chat template.
+
+    Read off the template itself: the first special token it writes after an answer's text.
+    ``<|im_end|>`` in ChatML (the course's, Qwen's, SmolLM's), ``<|eot_id|>`` in Llama 3's; a
+    template that writes none ends answers with the end-of-text token. Sampling stops there, PPO
+    cuts a response after it, and an answer without it was cut off by the token limit.
+    """
+    messages = [{"role": "user", "content": "Speak."}, {"role": "assistant", "content": _ANSWER}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    after = text[text.rindex(_ANSWER) + len(_ANSWER):]
+    special = _special_ids(tokenizer)
+    written = [i for i in tokenizer(after, add_special_tokens=False)["input_ids"] if i in special]
+    return written[0] if written else tokenizer.eos_token_id
+
+
+def chat_token_ids(tokenizer) -> list[int]:
+    """The special tokens a conversation is made of: those the chat template writes, the
+    end-of-text token and the pad token; sorted. For the course tokenizer ``[0, 1, 2, 3]``."""
+    messages = [{"role": "user", "content": "Speak."}, {"role": "assistant", "content": _ANSWER}]
+    ids = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
+    chat = {i for i in ids if i in _special_ids(tokenizer)} | {tokenizer.eos_token_id, tokenizer.pad_token_id}
+    return sorted(i for i in chat if i is not None)
+
+
 def course_tokenizer_config(vocab_size: int = COURSE_VOCAB_SIZE) -> dict:
     """What the ``tokenizer`` artifact depends on (its cache key)."""
     from rlhf_helpers.data import corpus_config

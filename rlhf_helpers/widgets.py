@@ -197,13 +197,17 @@ def chat_reply(model, tokenizer, messages: list[dict], *, max_new_tokens: int = 
     """The model's next assistant turn for a conversation (a list of ``{"role", "content"}``).
 
     The whole conversation goes through the chat template; the oldest turns are dropped when it
-    would not fit in the model's context with room for the answer. Generation stops at ``<|im_end|>``.
+    would not fit in the model's context with room for the answer. Generation stops at the end of
+    the answer (``<|im_end|>`` in the course's template).
     """
     import torch
 
+    from rlhf_helpers.models import context_length
+    from rlhf_helpers.tokenizers import end_of_answer_id
+
     device = next(model.parameters()).device
-    stop_ids = [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id]
-    room = model.config.n_positions - max_new_tokens
+    stop_ids = [end_of_answer_id(tokenizer), tokenizer.eos_token_id]
+    room = context_length(model) - max_new_tokens
     turns = list(messages)
     while True:
         ids = tokenizer.apply_chat_template(turns, tokenize=True, add_generation_prompt=True, return_dict=True)["input_ids"]

@@ -109,6 +109,15 @@ def test_sizes_can_be_overridden_by_name_and_keep_their_types(monkeypatch):
     assert env.PROFILES["cpu"].ppo.steps == 20, "the built-in profile is left alone"
 
 
+def test_the_number_of_evaluation_prompts_is_a_size_too(monkeypatch):
+    monkeypatch.setenv(env.SIZES_VAR, "eval_prompts=40, ppo.steps=2")
+    profile = env.get_profile("cpu")
+    assert profile.eval_prompts == 40 and profile.ppo.steps == 2
+    monkeypatch.setenv(env.SIZES_VAR, "eval_prompts=many")
+    with pytest.raises(env.CourseConfigError, match="eval_prompts takes a int"):
+        env.get_profile("cpu")
+
+
 @pytest.mark.parametrize("spec, message", [("ppo.stepz=40", "section.field=value"), ("lr=1", "section.field"),
                                            ("ppo.steps=forty", "takes a int")])
 def test_a_bad_size_override_is_one_clear_error(monkeypatch, spec, message):
