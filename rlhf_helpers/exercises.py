@@ -60,17 +60,15 @@ def _short(value: Any, limit: int = 160) -> str:
     if isinstance(value, torch.optim.Optimizer):
         n = sum(p.numel() for group in value.param_groups for p in group["params"])
         return f"{type(value).__name__} ({n:,} parameters)"
+    if callable(value) and hasattr(value, "__qualname__"):  # a function passed in, such as a loss
+        return value.__qualname__
     if isinstance(value, (list, tuple)) and any(isinstance(v, (torch.nn.Module, torch.optim.Optimizer)) for v in value):
         inner = ", ".join(_short(v, limit) for v in value)
         text = f"[{inner}]" if isinstance(value, list) else f"({inner})"
-        return text if len(text) <= limit else text[: limit - 3] + "..."
-    if isinstance(value, dict) and any(isinstance(v, torch.Tensor) for v in value.values()):  # a batch
+    elif isinstance(value, dict) and any(isinstance(v, torch.Tensor) for v in value.values()):  # a batch
         shown = (f"tensor{tuple(v.shape)}" if isinstance(v, torch.Tensor) else _short(v, 40) for v in value.values())
         text = "{" + ", ".join(f"{k!r}: {v}" for k, v in zip(value, shown)) + "}"
-        return text if len(text) <= limit else text[: limit - 3] + "..."
-    if callable(value) and hasattr(value, "__qualname__"):  # a function passed in, such as a loss
-        return value.__qualname__
-    if isinstance(value, (torch.Tensor, np.ndarray)):
+    elif isinstance(value, (torch.Tensor, np.ndarray)):
         tensor = torch.as_tensor(value).detach().cpu()
         flat = tensor.flatten()[:6]
         shown = flat.double().numpy().round(4).tolist() if flat.is_floating_point() else flat.tolist()

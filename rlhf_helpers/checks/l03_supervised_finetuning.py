@@ -140,13 +140,18 @@ def trainer_like_adamw(model, lr: float = 1e-2, weight_decay: float = 0.1) -> to
                               {"params": no_decay, "weight_decay": 0.0}], lr=lr)
 
 
+def case_optimizer(model, kind: str) -> torch.optim.Optimizer:
+    """The optimiser a step exercise's case hands the learner: ``"adamw"`` as the Trainer sets it
+    up, or ``"sgd"`` with momentum (a step must work with any optimiser it is given)."""
+    if kind == "adamw":
+        return trainer_like_adamw(model)
+    return torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+
+
 def _sft_state(seed: int, optimizer: str, prompt_lengths, completion_lengths) -> tuple:
     model = _tiny_lm(seed)
-    if optimizer == "adamw":
-        opt = trainer_like_adamw(model)
-    else:
-        opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
-    return model, opt, _sft_batch(seed + 1, prompt_lengths, completion_lengths), reference_completion_loss
+    batch = _sft_batch(seed + 1, prompt_lengths, completion_lengths)
+    return model, case_optimizer(model, optimizer), batch, reference_completion_loss
 
 
 def check_sft_step(sft_step):

@@ -120,14 +120,11 @@ def _pairs_batch(seed: int, chosen_lengths: list[int], rejected_lengths: list[in
 
 
 def _reward_state(seed: int, optimizer: str, chosen_lengths, rejected_lengths) -> tuple:
-    from rlhf_helpers.checks.l03_supervised_finetuning import trainer_like_adamw
+    from rlhf_helpers.checks.l03_supervised_finetuning import case_optimizer
 
     model = _tiny_reward_model(seed)
-    if optimizer == "adamw":
-        opt = trainer_like_adamw(model)
-    else:
-        opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
-    return model, opt, _pairs_batch(seed + 1, chosen_lengths, rejected_lengths), reference_pairwise_loss
+    batch = _pairs_batch(seed + 1, chosen_lengths, rejected_lengths)
+    return model, case_optimizer(model, optimizer), batch, reference_pairwise_loss
 
 
 def check_reward_step(reward_step):
