@@ -4,6 +4,7 @@
 #   make test    set up (first time only) and run every test, notebooks included
 #   make setup   the environment only          make bench   time every lesson
 #   make doctor  check this machine            make build   regenerate lessons/ from solutions/
+#   make dry-run every stage at the gpu profile's shapes, a handful of steps (a minute; make test does it)
 #
 # Slower checks for contributors, not run by CI:
 #   make test-portable  the notebooks on a simulated other machine (generic kernels, one thread),
@@ -39,7 +40,7 @@ LATEST_TORCH_SPEC ?= torch
 WHEELS ?=
 PLATFORMS ?=
 
-.PHONY: setup lab test test-portable test-latest latest-env lock wheelhouse test-wheelhouse site test-site test-scale bench doctor build check clean
+.PHONY: dry-run setup lab test test-portable test-latest latest-env lock wheelhouse test-wheelhouse site test-site test-scale bench doctor build check clean
 
 setup: $(STAMP)
 
@@ -131,6 +132,11 @@ test-scale: $(SKY_VENV)/.installed
 
 bench: setup
 	$(OFFLINE) $(PY) -m course bench
+
+# course/dry_run.py: catches shape, context-length and configuration errors of a profile before a GPU
+# is paid for. DRY_RUN_ARGS="--profile cpu" or "--set gpt.n_layer=12" tries other shapes.
+dry-run: setup
+	$(OFFLINE) $(PY) -m course dry-run $(DRY_RUN_ARGS)
 
 doctor: setup
 	$(PY) -m course doctor

@@ -1,4 +1,4 @@
-"""``python -m course setup | lab | test | wheelhouse | list | doctor | build | bench | pack | unpack | labels | memory``
+"""``python -m course setup | lab | test | wheelhouse | list | doctor | build | bench | run | dry-run | pack | unpack | labels | memory``
 
 ``setup``, ``lab`` and ``test`` are the Makefile's targets for machines without ``make`` (Windows):
 they need only the Python that runs them, and use the course's environment in ``.venv``.
@@ -142,6 +142,16 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_dry_run(args) -> int:
+    """Every stage at a profile's shapes for a handful of steps (course/dry_run.py); exit 1 on a problem."""
+    from pathlib import Path
+
+    from course.dry_run import dry_run
+
+    problems = dry_run(args.profile, sizes=args.set, folder=Path(args.artifacts) if args.artifacts else None)
+    return 1 if problems else 0
+
+
 def cmd_memory(args) -> int:
     """The GPU memory each stage needs (course/memory.py); ``--readme`` writes it into README.md."""
     from course import memory
@@ -241,6 +251,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="start SFT (and every later stage) from this causal LM instead of the base GPT: a folder "
                         "saved with save_pretrained, or a hub id with RLHF_ALLOW_HUB=1 (default: $RLHF_MODEL)")
     p.set_defaults(func=cmd_run)
+    p = sub.add_parser("dry-run", help="every stage at a profile's shapes for a handful of steps, on any machine")
+    p.add_argument("--profile", default="gpu", help="the profile whose shapes to run (default: gpu)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="change a shape too, e.g. --set gpt.n_layer=12 (repeatable)")
+    p.add_argument("--artifacts", metavar="FOLDER",
+                   help="an empty folder to keep the tiny artifacts in (default: a temporary one, removed)")
+    p.set_defaults(func=cmd_dry_run)
     p = sub.add_parser("pack", help="write every trained stage into one archive, for other machines")
     p.add_argument("-o", "--output", default=".", help="the archive, or a folder for it (default: here)")
     p.add_argument("--profile", help="cpu or gpu (default: $RLHF_PROFILE or automatic)")

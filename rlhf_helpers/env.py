@@ -12,6 +12,8 @@ Environment variables a learner or instructor may set:
 ``RLHF_ALLOW_HUB`` ``1`` to let the Hugging Face libraries reach the network (default: offline)
 ``RLHF_MODEL``     a model folder (or, with ``RLHF_ALLOW_HUB=1``, a hub id) that SFT starts from
                    instead of the base GPT (default: the base GPT; see ``models``)
+``RLHF_AUTOCAST_ANY_DEVICE`` ``1`` to run the profile's number format (bf16 for ``gpu``) on a CPU
+                   too, as ``python -m course dry-run`` does (default: only on CUDA)
 """
 
 from __future__ import annotations
@@ -286,6 +288,7 @@ def get_device(name: str | None = None) -> torch.device:
     return torch.device("cpu")
 
 
+AUTOCAST_ANY_DEVICE_VAR = "RLHF_AUTOCAST_ANY_DEVICE"  # "1": the profile's autocast on a CPU too (the dry run)
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16}  # fp16 would also need a gradient scaler: left out
 
 
@@ -295,9 +298,11 @@ def autocast_dtype(device, profile: Profile | None = None) -> torch.dtype | None
     Only CUDA: the ``gpu`` profile's ``bf16`` is for a GPU, where bfloat16 matrix multiplications
     run several times faster than float32 and activations take half the memory. On any other
     device (the tests' tiny models run on the CPU whatever the profile) the answer is None, and
-    the profile is not even read.
+    the profile is not even read, unless ``$RLHF_AUTOCAST_ANY_DEVICE`` is set: then the profile
+    decides on every device. ``python -m course dry-run`` sets it, so that a CPU runs the ``gpu``
+    profile in the number format a GPU would.
     """
-    if torch.device(device).type != "cuda":
+    if torch.device(device).type != "cuda" and not os.environ.get(AUTOCAST_ANY_DEVICE_VAR):
         return None
     name = (profile or get_profile()).autocast
     if name is None:

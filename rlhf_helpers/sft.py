@@ -39,10 +39,11 @@ def demonstrations_dataset(tasks: list[instructions.Task]):
 
 def trainer_bf16() -> bool:
     """Whether trl's Trainer trains in bf16 mixed precision: on CUDA, when the profile asks
-    (``env.autocast_dtype``: the ``gpu`` profile does). On a CPU, never."""
+    (``env.autocast_dtype``: the ``gpu`` profile does). On a CPU, only in a dry run
+    (``$RLHF_AUTOCAST_ANY_DEVICE``)."""
     from rlhf_helpers.env import autocast_dtype
 
-    return torch.cuda.is_available() and autocast_dtype("cuda") is torch.bfloat16
+    return autocast_dtype("cuda" if torch.cuda.is_available() else "cpu") is torch.bfloat16
 
 
 def trainer_settings(output_dir: str, steps: int, batch_size: int, lr: float, seed: int) -> dict:

@@ -57,6 +57,23 @@ def test_trl_trainers_take_bf16_from_the_same_switch(monkeypatch):
     assert sft.trainer_settings("out", 10, 2, 1e-3, 0)["bf16"] is False  # on a CPU, as before
 
 
+def test_the_dry_runs_switch_runs_the_profiles_bf16_on_a_cpu_too(monkeypatch):
+    """``$RLHF_AUTOCAST_ANY_DEVICE`` (set by ``python -m course dry-run``): the gpu profile's bf16 on a
+    CPU, for our loops and trl's trainers alike; the cpu profile stays float32 even then."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv(env.PROFILE_VAR, "gpu")
+    monkeypatch.setenv(env.AUTOCAST_ANY_DEVICE_VAR, "1")
+    assert env.autocast_dtype("cpu") is torch.bfloat16 and sft.trainer_bf16()
+    assert sft.trainer_settings("out", 10, 2, 1e-3, 0)["bf16"] is True
+    with env.autocast("cpu"):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype is torch.bfloat16
+    monkeypatch.setenv(env.PROFILE_VAR, "cpu")
+    assert env.autocast_dtype("cpu") is None and not sft.trainer_bf16()
+    monkeypatch.setenv(env.PROFILE_VAR, "gpu")
+    monkeypatch.delenv(env.AUTOCAST_ANY_DEVICE_VAR)
+    assert env.autocast_dtype("cpu") is None and not sft.trainer_bf16()
+
+
 def test_without_the_switch_the_step_is_the_plain_fp32_step():
     """The cpu profile (any profile on a CPU): gpt.train_step is the float32 step, bit for bit."""
     x, y = a_batch()

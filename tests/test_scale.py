@@ -193,6 +193,7 @@ def test_skypilot_test_gpu_runs_the_tests_on_one_gpu(offline, monkeypatch):
     task = parse_task(SKY / "test-gpu.yaml", monkeypatch)
     assert task.num_nodes == 1 and accelerator_counts(task) and set(accelerator_counts(task)) == {1}
     assert 'make test TEST_PATHS="$TEST_PATHS"' in task.run
+    assert task.run.index("make dry-run") < task.run.index("make test"), "the minute-long check comes first"
     default = re.search(r"^TEST_PATHS \?= (.+)$", (ROOT / "Makefile").read_text(), re.M).group(1)
     assert task.envs["TEST_PATHS"] == default  # the task's default run is make test's
 
