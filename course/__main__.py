@@ -206,6 +206,35 @@ def cmd_bench(args) -> int:
     return 0
 
 
+BEFORE_INSTALL = ("setup", "lab", "test", "wheelhouse", "list")  # commands that need the standard library only
+REEXEC_VAR = "RLHF_COURSE_REEXEC"  # set in the child, so a broken .venv cannot start itself forever
+
+
+def in_course_environment(argv: list[str], venv=None) -> int | None:
+    """Run ``python -m course ...`` in the course's environment when this Python lacks its packages.
+
+    The README writes ``python -m course run ppo``; a learner's plain ``python`` has no torch, so
+    the command runs again with ``.venv``'s interpreter (made by ``make setup``) and its exit code
+    is returned. None: this Python has what the command needs (``.venv``'s, or a conda
+    environment's). No ``.venv`` yet: a message that says to set it up.
+    """
+    import importlib.util
+    import os
+    import subprocess
+
+    from course.environment import VENV, venv_python
+
+    if all(importlib.util.find_spec(name) for name in ("torch", "trl")):
+        return None
+    python = venv_python(venv or VENV)
+    if os.environ.get(REEXEC_VAR) or not python.exists():
+        problem = "is incomplete" if os.environ.get(REEXEC_VAR) else "is not set up yet"
+        raise SystemExit(f"The course's environment ({python.parent.parent}) {problem}: run `make setup` (or "
+                         "`python -m course setup --force`), then this command again.")
+    print(f"(running in the course's environment: {python} -m course {' '.join(argv)})", file=sys.stderr, flush=True)
+    return subprocess.call([str(python), "-m", "course", *argv], env={**os.environ, REEXEC_VAR: "1"})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m course", description="RLHF from scratch: the course shell")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -286,9 +315,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("lessons", nargs="*", help="lesson numbers or slugs (default: all)")
     p.add_argument("--profile", help="cpu or gpu (default: $RLHF_PROFILE or automatic)")
     p.set_defaults(func=cmd_bench)
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
-    if args.command in ("setup", "lab", "test", "wheelhouse"):  # before anything is installed: standard library only
+    if args.command in BEFORE_INSTALL:  # before anything is installed: standard library only
         return args.func(args)
+    code = in_course_environment(argv)
+    if code is not None:
+        return code
     from rlhf_helpers.env import CourseConfigError
 
     try:

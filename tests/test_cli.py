@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from course import bench, manifest
 from course.manifest import ROOT
 
@@ -62,3 +64,30 @@ def test_benching_some_lessons_keeps_the_other_rows(tmp_path, monkeypatch):
     merged = bench._merge_with_earlier([row("01_b.ipynb", 5.0), row("03_d.ipynb", 4.0)], "cpu")
     assert merged == [row("00_a.ipynb", 1.0), row("01_b.ipynb", 5.0), row("02_c.ipynb", 3.0), row("03_d.ipynb", 4.0)]
     assert bench._merge_with_earlier([row("01_b.ipynb", 5.0)], "gpu") == [row("01_b.ipynb", 5.0)]  # no earlier file
+
+
+def test_a_plain_python_runs_the_command_in_the_course_environment():
+    """``python -m course memory`` from a Python without torch (``-S``: no site-packages) runs it again
+    with ``.venv``'s Python, as the README's commands assume, and prints what that one prints."""
+    from course.environment import VENV, venv_python
+
+    if not venv_python(VENV).exists():
+        pytest.skip("no .venv here (the conda route): nothing to run the command in")
+    run = subprocess.run([sys.executable, "-S", "-m", "course", "memory"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "running in the course's environment" in run.stderr and "| course GPT, `gpu` profile" in run.stdout
+
+
+def test_without_the_environment_a_command_says_to_set_it_up(tmp_path, monkeypatch):
+    import importlib.util
+
+    from course.__main__ import REEXEC_VAR, in_course_environment
+
+    assert in_course_environment(["memory"], venv=tmp_path) is None  # this Python has torch: run here
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(SystemExit, match=r"is not set up yet: run `make setup`"):
+        in_course_environment(["memory"], venv=tmp_path / "missing")
+    monkeypatch.setenv(REEXEC_VAR, "1")  # .venv's own Python lacks torch: never start itself again
+    with pytest.raises(SystemExit, match="is incomplete"):
+        in_course_environment(["memory"], venv=tmp_path)
