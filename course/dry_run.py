@@ -7,9 +7,10 @@ sizes, prompt counts. A mistake of shape (a context longer than the position tab
 that does not divide the width, a group that does not fill a batch) shows in a stage's first
 steps; a mistake of amount only costs time. So a dry run keeps every shape of the profile, cuts
 every amount to a few (``DRY_RUN_SIZES``), and runs the nine stages in order, as
-``python -m course run`` does, in an empty artifacts folder of its own. It keeps the profile's
-number format too: the ``gpu`` profile's forward passes run in bfloat16 on a CPU as on a GPU
-(``env.autocast_dtype``), and trl's trainers get ``bf16=True``. The ``gpu`` profile,
+``python -m course run`` does, in an empty artifacts folder of its own, then the runs that only
+the notebooks make (``lesson_runs``: lesson 04's rank sweep, lesson 06's over-optimisation). It
+keeps the profile's number format too: the ``gpu`` profile's forward passes run in bfloat16 on a
+CPU as on a GPU (``env.autocast_dtype``), and trl's trainers get ``bf16=True``. The ``gpu`` profile,
 whose real run wants a GPU for hours, dry-runs in about a minute on a 2-core laptop, and
 ``make test`` does it on every change (``tests/test_dry_run.py``).
 
@@ -33,7 +34,10 @@ import json
 import os
 import tempfile
 import time
+import traceback
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 # Amounts only: a tiny number of steps, batches and prompts for every stage.
 DRY_RUN_SIZES = (
@@ -41,13 +45,23 @@ DRY_RUN_SIZES = (
     # ten steps: lesson 05 compares only answers that ended, and an untrained model rarely ends
     # one (after two steps of SFT, 39 of 96 answers did not end in our run; after ten, none)
     "sft.max_steps=10", "sft.batch_size=4",
-    "peft.max_steps=2", "peft.batch_size=4",
+    "peft.max_steps=2", "peft.sweep_steps=2", "peft.batch_size=4",
     "reward.prompts=12", "reward.max_steps=2", "reward.batch_size=8",
     "ppo.steps=2", "ppo.batch_size=4", "ppo.mini_batch_size=2", "ppo.eval_every=1", "ppo.checkpoint_prompts=4",
+    "ppo.overopt_steps=2", "ppo.overopt_eval_every=1",
     "beyond.dpo_steps=2", "beyond.dpo_batch_size=2", "beyond.grpo_steps=2", "beyond.grpo_prompts=2",
     "eval_prompts=8",
 )
 LAUNCH_SIZES = (1, 2, 4, 8)  # numbers of processes (GPUs) the profile's batches must split over
+# What the notebooks train beyond the nine stages, at shapes of their own (the rank sweep's ranks,
+# prompt tuning's virtual tokens, the over-optimisation runs' betas): artifact -> (what, builder).
+def lesson_runs() -> dict:
+    from rlhf_helpers import peft_sft, rlhf
+
+    return {"peft_comparison": ("lesson 04's LoRA ranks, IA3 and prompt tuning", peft_sft.peft_comparison_path),
+            "ppo_overoptimisation": ("lesson 06's over-optimisation runs", rlhf.overoptimisation_path)}
+
+
 TRAINED_MODELS = ("base", "sft", "reward_model", "ppo", "dpo", "grpo", "grpo_rule")  # folders with model/
 
 
@@ -123,10 +137,10 @@ def dry_run(profile: str = "gpu", sizes: list[str] = (), folder: Path | None = N
 
     ``sizes`` are overrides applied after ``DRY_RUN_SIZES`` (``["gpt.n_layer=12"]``: try a shape
     before paying for it); ``$RLHF_SIZES`` is not read. ``folder`` holds the artifacts and must be
-    empty or absent; by default a temporary folder, removed afterwards. A stage that fails raises,
-    as ``python -m course run`` would.
+    empty or absent; by default a temporary folder, removed afterwards. A stage that fails stops
+    the dry run: its traceback is printed, and its error is the problem returned (with any batch
+    that would not split).
     """
-    from course.run import STAGES, run
     from rlhf_helpers.artifacts import ARTIFACTS_VAR
     from rlhf_helpers.env import AUTOCAST_ANY_DEVICE_VAR, PROFILES, get_profile, with_sizes
     from rlhf_helpers.models import MODEL_VAR
@@ -144,14 +158,33 @@ def dry_run(profile: str = "gpu", sizes: list[str] = (), folder: Path | None = N
                                             AUTOCAST_ANY_DEVICE_VAR: "1"}))
         print(f"Dry run of the {name} profile: its shapes, a handful of steps, every stage "
               f"(artifacts in {folder}).", flush=True)
-        seconds = {}
-        for stage in STAGES:
+        seconds, failure = {}, None
+        for artifact, build in _steps(name, [*DRY_RUN_SIZES, *sizes]):
             start = time.perf_counter()
-            run(stage, profile=name, sizes=[*DRY_RUN_SIZES, *sizes])
-            seconds[stage] = time.perf_counter() - start
-        problems = model_shape_problems(folder, real) + launch_problems(real)
+            try:
+                build()
+            except Exception as error:  # its traceback now; its name in the summary
+                traceback.print_exc()
+                failure = f"{artifact} failed: {type(error).__name__}: {error}"
+                break
+            finally:
+                seconds[artifact] = time.perf_counter() - start
+        problems = [failure] if failure else model_shape_problems(folder, real)
+    problems += launch_problems(real)
     print(summary(real, seconds, problems), flush=True)
     return problems
+
+
+def _steps(profile: str, sizes: list[str]) -> list[tuple[str, Callable[[], object]]]:
+    """(artifact, build it) for the nine stages in pipeline order, then the notebooks' own runs."""
+    from course.run import STAGES, run
+
+    def lesson_run(artifact: str, description: str, build: Callable[[], object]):
+        print(f"{artifact}: {description}; profile {profile}", flush=True)
+        return build()
+
+    return ([(stage, partial(run, stage, profile=profile, sizes=sizes)) for stage in STAGES]
+            + [(artifact, partial(lesson_run, artifact, *run_)) for artifact, run_ in lesson_runs().items()])
 
 
 def summary(profile, seconds: dict[str, float], problems: list[str]) -> str:

@@ -41,11 +41,20 @@ def test_the_gpu_profile_dry_runs_every_stage_at_its_shapes(tmp_path):
     run = dry_run_cli(artifacts=artifacts)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "✓ every model has the profile's shape (8 layers, width 512, 8 heads, context 256" in run.stdout
-    for stage in ("tokenizer", "sft_lora", "comparisons", "arena", *TRAINED_MODELS):
+    for stage in ("tokenizer", "sft_lora", "comparisons", "arena", "peft_comparison", "ppo_overoptimisation",
+                  *TRAINED_MODELS):
         assert len(list((artifacts / stage).iterdir())) == 1, stage
     assert model_shape_problems(artifacts, GPU) == []
     assert model_shape_problems(artifacts, PROFILES["cpu"]), "the cpu profile's shapes are not what it built"
 
+
+
+def test_a_context_too_short_for_prompt_and_answer_fails_the_dry_run_and_names_the_stage(tmp_path):
+    """The control: a context of 40 tokens cannot hold a prompt and lesson 05's 32-token answers."""
+    run = dry_run_cli("--profile", "cpu", "--set", "gpt.block_size=40", artifacts=tmp_path / "dry")
+    assert run.returncode == 1 and "IndexError" in run.stderr  # the traceback
+    assert "1 problem(s):\n  ✗ reward failed: IndexError: index out of range in self" in run.stdout
+    assert "every model has the profile's shape" not in run.stdout
 
 
 def test_the_dry_run_sizes_cut_amounts_and_keep_every_shape():
