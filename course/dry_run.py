@@ -136,13 +136,13 @@ def dry_run(profile: str = "gpu", sizes: list[str] = (), folder: Path | None = N
     """Run every stage of ``profile`` at its shapes with ``DRY_RUN_SIZES``; return the problems found.
 
     ``sizes`` are overrides applied after ``DRY_RUN_SIZES`` (``["gpt.n_layer=12"]``: try a shape
-    before paying for it); ``$RLHF_SIZES`` is not read. ``folder`` holds the artifacts and must be
+    before paying for it); ``$RLHF_SIZES`` is replaced while it runs. ``folder`` holds the artifacts and must be
     empty or absent; by default a temporary folder, removed afterwards. A stage that fails stops
     the dry run: its traceback is printed, and its error is the problem returned (with any batch
     that would not split).
     """
     from rlhf_helpers.artifacts import ARTIFACTS_VAR
-    from rlhf_helpers.env import AUTOCAST_ANY_DEVICE_VAR, PROFILES, get_profile, with_sizes
+    from rlhf_helpers.env import AUTOCAST_ANY_DEVICE_VAR, PROFILES, SIZES_VAR, get_profile, with_sizes
     from rlhf_helpers.models import MODEL_VAR
 
     name = get_profile(profile).name  # fails here on an unknown profile
@@ -154,12 +154,13 @@ def dry_run(profile: str = "gpu", sizes: list[str] = (), folder: Path | None = N
         if folder is None:
             folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rlhf-dry-run-")))
         # the course's own models: a dry run checks the profile's shapes, not another model's
+        every_size = ",".join([*DRY_RUN_SIZES, *sizes])
         stack.enter_context(_environment(**{ARTIFACTS_VAR: str(folder.resolve()), MODEL_VAR: "",
-                                            AUTOCAST_ANY_DEVICE_VAR: "1"}))
-        print(f"Dry run of the {name} profile: its shapes, a handful of steps, every stage "
-              f"(artifacts in {folder}).", flush=True)
+                                            AUTOCAST_ANY_DEVICE_VAR: "1", SIZES_VAR: every_size}))
+        print(f"Dry run of the {name} profile: its shapes, a handful of steps, every stage (artifacts in "
+              f"{folder}; sizes {every_size.replace(',', ', ')}).", flush=True)
         seconds, failure = {}, None
-        for artifact, build in _steps(name, [*DRY_RUN_SIZES, *sizes]):
+        for artifact, build in _steps(name):
             start = time.perf_counter()
             try:
                 build()
@@ -175,15 +176,16 @@ def dry_run(profile: str = "gpu", sizes: list[str] = (), folder: Path | None = N
     return problems
 
 
-def _steps(profile: str, sizes: list[str]) -> list[tuple[str, Callable[[], object]]]:
-    """(artifact, build it) for the nine stages in pipeline order, then the notebooks' own runs."""
+def _steps(profile: str) -> list[tuple[str, Callable[[], object]]]:
+    """(artifact, build it) for the nine stages in pipeline order, then the notebooks' own runs; the
+    sizes come from ``$RLHF_SIZES``."""
     from course.run import STAGES, run
 
     def lesson_run(artifact: str, description: str, build: Callable[[], object]):
         print(f"{artifact}: {description}; profile {profile}", flush=True)
         return build()
 
-    return ([(stage, partial(run, stage, profile=profile, sizes=sizes)) for stage in STAGES]
+    return ([(stage, partial(run, stage, profile=profile)) for stage in STAGES]
             + [(artifact, partial(lesson_run, artifact, *run_)) for artifact, run_ in lesson_runs().items()])
 
 
