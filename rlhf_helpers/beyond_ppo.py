@@ -110,7 +110,7 @@ def train_dpo(sizes, progress=None):
         start = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - start
-    return trainer.model.eval(), tokenizer, trainer.state.log_history, seconds
+    return sft.trained_model(trainer), tokenizer, trainer.state.log_history, seconds
 
 
 def beyond_config(profile=None) -> dict:
@@ -259,7 +259,7 @@ def train_grpo(sizes, reward_name: str = "model", progress=None):
         start = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - start
-    model = trainer.model.eval()
+    model = sft.trained_model(trainer)
     model.generation_config.eos_token_id = saved_eos  # as the SFT model saved it
     return model, tokenizer, trainer.state.log_history, seconds
 

@@ -413,7 +413,7 @@ def train_reward_model(comparisons: list[Comparison], sizes, progress=None):
         start = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - start
-    return trainer.model.eval(), tokenizer, trainer.state.log_history, seconds
+    return sft.trained_model(trainer), tokenizer, trainer.state.log_history, seconds
 
 
 def render(tokenizer, prompt: str, response: str) -> list[int]:
@@ -461,7 +461,13 @@ def normalisation_stats(model, tokenizer, prompts: list[str], responses: list[st
     answers score about 0 with spread 1: PPO's step sizes then do not depend on the reward's scale.
     """
     rewards = score(model, tokenizer, prompts, responses)
-    return RewardStats(rewards.mean().item(), rewards.std().item())
+    stats = RewardStats(rewards.mean().item(), rewards.std().item())
+    if not (math.isfinite(stats.mean) and math.isfinite(stats.std) and stats.std > 0):
+        raise ValueError(f"The reward model scores {len(responses)} different answers with mean {stats.mean} and "
+                         f"standard deviation {stats.std}: it does not tell them apart, and dividing by that "
+                         "would make every PPO reward infinite or NaN. Train it longer (reward.max_steps) or on "
+                         "more comparisons (reward.prompts).")
+    return stats
 
 
 def reward_config(profile=None) -> dict:

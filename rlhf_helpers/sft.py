@@ -64,6 +64,21 @@ def trainer_settings(output_dir: str, steps: int, batch_size: int, lr: float, se
                 save_strategy="no", report_to=[], seed=seed, disable_tqdm=True, dataloader_num_workers=0)
 
 
+def trained_model(trainer):
+    """The model ``trainer`` trained, in eval mode, as a plain model again.
+
+    With ``bf16=True`` accelerate wraps the model's ``forward`` in bfloat16 autocast for training,
+    and the wrapper stays on the model afterwards: whatever the recipe computes with it next (an
+    evaluation, the reward model's normalisation statistics) would run in bfloat16 without saying
+    so, and bfloat16's 8-bit mantissa can round a barely trained reward model's scores to a single
+    value. ``keep_fp32_wrapper=False`` takes the wrapper off; in float32 there is none, and the
+    model comes back as it is.
+    """
+    from accelerate.utils import extract_model_from_parallel
+
+    return extract_model_from_parallel(trainer.model, keep_fp32_wrapper=False).eval()
+
+
 def quiet_trainer(trainer):
     """Remove the Trainer's printer: logs go to ``log_history``, not into the notebook's cells."""
     from transformers.trainer_callback import PrinterCallback
@@ -275,7 +290,7 @@ def train_sft(profile, progress=None, *, sizes=None, peft_config=None):
         with lora.quiet_peft():
             trainer.train()
         seconds = time.perf_counter() - start
-    return trainer.model.eval(), tokenizer, trainer.state.log_history, seconds
+    return trained_model(trainer), tokenizer, trainer.state.log_history, seconds
 
 
 def _build_sft(folder, progress) -> None:

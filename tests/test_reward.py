@@ -434,3 +434,12 @@ def test_one_trl_step_leaves_the_weights_of_reward_step_and_lesson_05s_compariso
     assert not same(yours(max_grad_norm=0.0), theirs), "a step without the clip"
     assert not same(yours(lr=2 * args.learning_rate), theirs), "a step at another learning rate"
     assert not same(yours(weight_decay=0.01), theirs), "PyTorch's default weight decay, not the Trainer's 0"
+
+
+def test_normalisation_refuses_a_reward_model_that_scores_every_answer_alike(monkeypatch):
+    """A spread of 0 would make every normalised PPO reward infinite (and the policy NaN): say so instead."""
+    monkeypatch.setattr(reward, "score", lambda model, tokenizer, prompts, responses: torch.tensor([0.25, 0.5, 0.75]))
+    assert reward.normalisation_stats(None, None, ["p"] * 3, ["a", "b", "c"]) == (0.5, 0.25)
+    monkeypatch.setattr(reward, "score", lambda model, tokenizer, prompts, responses: torch.full((3,), -0.123))
+    with pytest.raises(ValueError, match="scores 3 different answers with mean -0.123.* standard deviation 0.0"):
+        reward.normalisation_stats(None, None, ["p"] * 3, ["a", "b", "c"])
