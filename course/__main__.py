@@ -148,7 +148,8 @@ def cmd_dry_run(args) -> int:
 
     from course.dry_run import dry_run
 
-    problems = dry_run(args.profile, sizes=args.set, folder=Path(args.artifacts) if args.artifacts else None)
+    problems = dry_run(args.profile, sizes=args.set, folder=Path(args.artifacts) if args.artifacts else None,
+                       model=args.model)
     return 1 if problems else 0
 
 
@@ -286,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="change a shape too, e.g. --set gpt.n_layer=12 (repeatable)")
     p.add_argument("--artifacts", metavar="FOLDER",
                    help="an empty folder to keep the tiny artifacts in (default: a temporary one, removed)")
+    p.add_argument("--model", metavar="PATH_OR_ID",
+                   help="start SFT from this causal LM, as `run --model` does: a folder, or a hub id with "
+                        "RLHF_ALLOW_HUB=1 (default: the course's base GPT)")
     p.set_defaults(func=cmd_dry_run)
     p = sub.add_parser("pack", help="write every trained stage into one archive, for other machines")
     p.add_argument("-o", "--output", default=".", help="the archive, or a folder for it (default: here)")

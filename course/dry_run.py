@@ -14,6 +14,9 @@ CPU as on a GPU (``env.autocast_dtype``), and trl's trainers get ``bf16=True``. 
 whose real run wants a GPU for hours, dry-runs in about a minute on a 2-core laptop, and
 ``make test`` does it on every change (``tests/test_dry_run.py``).
 
+``--model`` dry-runs another starting model the same way (every stage after SFT starts from
+it, as with ``python -m course run --model``), before a GPU is rented for it.
+
 Then it checks what it built, and says what it found:
 
 - every saved model has the profile's shape (``model_shape_problems``): a dry run that trained
@@ -62,6 +65,7 @@ def lesson_runs() -> dict:
             "ppo_overoptimisation": ("lesson 06's over-optimisation runs", rlhf.overoptimisation_path)}
 
 
+SHAPE_NAMES = ("num_hidden_layers", "hidden_size", "num_attention_heads", "max_position_embeddings")
 TRAINED_MODELS = ("base", "sft", "reward_model", "ppo", "dpo", "grpo", "grpo_rule")  # folders with model/
 
 
@@ -85,27 +89,37 @@ def launch_problems(profile, processes=LAUNCH_SIZES) -> list[str]:
             for name, size in global_batches(profile).items() for n in processes if size % n]
 
 
-def model_shape_problems(artifacts: Path, profile) -> list[str]:
-    """How the models saved under ``artifacts`` differ from ``profile``'s shapes (none: they match).
+def expected_shape(profile, model: str | None = None) -> dict[str, int]:
+    """The depth, width, heads and context every trained model should have, in transformers' names:
+    the profile's GPT's, or, when SFT starts from ``model``, that model's own."""
+    if model:
+        from transformers import AutoConfig
 
-    Every trained model (``TRAINED_MODELS``) must have the profile's depth, width, heads and
-    context length, and the LoRA adapter the profile's rank; a stage with no model saved is a
-    problem too.
+        config = AutoConfig.from_pretrained(model)
+        return {name: getattr(config, name, None) for name in SHAPE_NAMES}
+    gpt = profile.gpt
+    return dict(zip(SHAPE_NAMES, (gpt.n_layer, gpt.n_embd, gpt.n_head, gpt.block_size)))
+
+
+def model_shape_problems(artifacts: Path, profile, model: str | None = None) -> list[str]:
+    """How the models saved under ``artifacts`` differ from the shapes they should have (none: they match).
+
+    Every trained model (``TRAINED_MODELS``; not the base GPT when SFT starts from ``model``) must
+    have the ``expected_shape``, and the LoRA adapter the profile's rank; a stage with no model
+    saved is a problem too.
     """
     from transformers import AutoConfig
 
-    gpt = profile.gpt
-    want = {"num_hidden_layers": gpt.n_layer, "hidden_size": gpt.n_embd, "num_attention_heads": gpt.n_head,
-            "max_position_embeddings": gpt.block_size}
+    want, whose = expected_shape(profile, model), "the starting model's" if model else "the profile's"
     problems = []
-    for stage in TRAINED_MODELS:
+    for stage in [s for s in TRAINED_MODELS if not (model and s == "base")]:
         configs = sorted(artifacts.glob(f"{stage}/*/model/config.json"))
         if not configs:
             problems.append(f"{stage}: no model saved")
         for config_file in configs:
             config = AutoConfig.from_pretrained(config_file.parent)
-            problems += [f"{stage}: {name} is {getattr(config, name)}, the profile's is {value}"
-                         for name, value in want.items() if getattr(config, name) != value]
+            problems += [f"{stage}: {name} is {getattr(config, name, None)}, {whose} is {value}"
+                         for name, value in want.items() if getattr(config, name, None) != value]
     adapters = sorted(artifacts.glob("sft_lora/*/adapter/adapter_config.json"))
     if not adapters:
         problems.append("sft_lora: no adapter saved")
@@ -132,35 +146,42 @@ def _environment(**values: str):
                 os.environ[name] = value
 
 
-def dry_run(profile: str = "gpu", sizes: list[str] = (), folder: Path | None = None) -> list[str]:
+def dry_run(profile: str = "gpu", sizes: list[str] = (), folder: Path | None = None,
+            model: str | None = None) -> list[str]:
     """Run every stage of ``profile`` at its shapes with ``DRY_RUN_SIZES``; return the problems found.
 
     ``sizes`` are overrides applied after ``DRY_RUN_SIZES`` (``["gpt.n_layer=12"]``: try a shape
-    before paying for it); ``$RLHF_SIZES`` is replaced while it runs. ``folder`` holds the artifacts and must be
-    empty or absent; by default a temporary folder, removed afterwards. A stage that fails stops
-    the dry run: its traceback is printed, and its error is the problem returned (with any batch
-    that would not split).
+    before paying for it); ``$RLHF_SIZES`` is replaced while it runs. ``model`` (a folder, or a hub
+    id with ``RLHF_ALLOW_HUB=1``) starts SFT instead of the base GPT, as ``run --model`` does: the
+    base stage is left out, and the models must have that model's shape. ``folder`` holds the
+    artifacts and must be empty or absent; by default a temporary folder, removed afterwards. A
+    stage that fails stops the dry run: its traceback is printed, and its error is the problem
+    returned (with any batch that would not split).
     """
+    from rlhf_helpers import models
     from rlhf_helpers.artifacts import ARTIFACTS_VAR
     from rlhf_helpers.env import AUTOCAST_ANY_DEVICE_VAR, PROFILES, SIZES_VAR, get_profile, with_sizes
-    from rlhf_helpers.models import MODEL_VAR
 
     name = get_profile(profile).name  # fails here on an unknown profile
     real = with_sizes(PROFILES[name], ",".join(sizes))  # what a real run of these shapes would train
+    source = models.resolve(model) if model else ""  # fails here on a hub id unless the hub is allowed
+    if source:
+        models.model_identity(source)
     if folder is not None and folder.exists() and any(folder.iterdir()):
         raise SystemExit(f"{folder} is not empty: a dry run builds every stage from nothing. "
                          "Name an empty or new folder, or leave --artifacts out for a temporary one.")
     with contextlib.ExitStack() as stack:
         if folder is None:
             folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rlhf-dry-run-")))
-        # the course's own models: a dry run checks the profile's shapes, not another model's
         every_size = ",".join([*DRY_RUN_SIZES, *sizes])
-        stack.enter_context(_environment(**{ARTIFACTS_VAR: str(folder.resolve()), MODEL_VAR: "",
+        # no $RLHF_MODEL of the learner's: the course's base GPT unless ``model`` says otherwise
+        stack.enter_context(_environment(**{ARTIFACTS_VAR: str(folder.resolve()), models.MODEL_VAR: source,
                                             AUTOCAST_ANY_DEVICE_VAR: "1", SIZES_VAR: every_size}))
-        print(f"Dry run of the {name} profile: its shapes, a handful of steps, every stage (artifacts in "
-              f"{folder}; sizes {every_size.replace(',', ', ')}).", flush=True)
+        print(f"Dry run of the {name} profile: its shapes, a handful of steps, every stage"
+              + (f" from {source}" if source else "")
+              + f" (artifacts in {folder}; sizes {every_size.replace(',', ', ')}).", flush=True)
         seconds, failure = {}, None
-        for artifact, build in _steps(name):
+        for artifact, build in _steps(name, skip=("base",) if source else ()):
             start = time.perf_counter()
             try:
                 build()
@@ -170,34 +191,34 @@ def dry_run(profile: str = "gpu", sizes: list[str] = (), folder: Path | None = N
                 break
             finally:
                 seconds[artifact] = time.perf_counter() - start
-        problems = [failure] if failure else model_shape_problems(folder, real)
+        problems = [failure] if failure else model_shape_problems(folder, real, source)
     problems += launch_problems(real)
-    print(summary(real, seconds, problems), flush=True)
+    print(summary(real, seconds, problems, source), flush=True)
     return problems
 
 
-def _steps(profile: str) -> list[tuple[str, Callable[[], object]]]:
-    """(artifact, build it) for the nine stages in pipeline order, then the notebooks' own runs; the
-    sizes come from ``$RLHF_SIZES``."""
+def _steps(profile: str, skip: tuple[str, ...] = ()) -> list[tuple[str, Callable[[], object]]]:
+    """(artifact, build it) for the nine stages in pipeline order but ``skip``, then the notebooks' own
+    runs; the sizes and the starting model come from ``$RLHF_SIZES`` and ``$RLHF_MODEL``."""
     from course.run import STAGES, run
 
     def lesson_run(artifact: str, description: str, build: Callable[[], object]):
         print(f"{artifact}: {description}; profile {profile}", flush=True)
         return build()
 
-    return ([(stage, partial(run, stage, profile=profile)) for stage in STAGES]
+    return ([(stage, partial(run, stage, profile=profile)) for stage in STAGES if stage not in skip]
             + [(artifact, partial(lesson_run, artifact, *run_)) for artifact, run_ in lesson_runs().items()])
 
 
-def summary(profile, seconds: dict[str, float], problems: list[str]) -> str:
+def summary(profile, seconds: dict[str, float], problems: list[str], model: str | None = None) -> str:
     """What the dry run did and found, for the terminal."""
-    gpt = profile.gpt
     lines = [f"Dry run of the {profile.name} profile: " + ", ".join(f"{s} {t:.0f} s" for s, t in seconds.items())
              + f" ({sum(seconds.values()):.0f} s in all)."]
     if problems:
         lines += [f"{len(problems)} problem(s):"] + [f"  ✗ {p}" for p in problems]
     else:
-        lines.append(f"✓ every model has the profile's shape ({gpt.n_layer} layers, width {gpt.n_embd}, "
-                     f"{gpt.n_head} heads, context {gpt.block_size}; LoRA rank {profile.peft.r}), and every "
-                     f"global batch splits evenly over {', '.join(map(str, LAUNCH_SIZES))} processes.")
+        layers, width, heads, context = expected_shape(profile, model).values()
+        lines.append(f"✓ every model has {'the starting model' if model else 'the profile'}'s shape ({layers} "
+                     f"layers, width {width}, {heads} heads, context {context}; LoRA rank {profile.peft.r}), and "
+                     f"every global batch splits evenly over {', '.join(map(str, LAUNCH_SIZES))} processes.")
     return "\n".join(lines)

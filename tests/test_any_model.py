@@ -66,6 +66,14 @@ def ends_its_answers(model, end_id: int):
     return model
 
 
+def save_tiny_model(architecture: str, tokenizer, folder):
+    """A tiny model that ends its answers, saved into ``folder`` with ``tokenizer``; returns ``folder``."""
+    model = tiny_model(architecture, tokenizer)
+    ends_its_answers(model, tokenizers.end_of_answer_id(tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def unset(mp: pytest.MonkeyPatch, *names: str) -> None:
     """Unset environment variables so that ``mp`` removes them again at the end, whatever sets them in
     between (``course.run.run`` sets ``$RLHF_MODEL`` and ``$RLHF_SIZES``): ``delenv`` alone records
@@ -84,14 +92,8 @@ def course_tokenizer(module_artifacts):
 def model_folders(course_tokenizer, tmp_path_factory):
     """``{architecture: folder}``: each tiny model saved with ``save_pretrained`` (safetensors) and
     the course tokenizer, as a learner's own model would be."""
-    folders = {}
-    for architecture in ARCHITECTURES:
-        folder = tmp_path_factory.mktemp(f"tiny-{architecture}")
-        model = tiny_model(architecture, course_tokenizer)
-        ends_its_answers(model, tokenizers.end_of_answer_id(course_tokenizer)).save_pretrained(folder)
-        course_tokenizer.save_pretrained(folder)
-        folders[architecture] = folder
-    return folders
+    return {architecture: save_tiny_model(architecture, course_tokenizer, tmp_path_factory.mktemp(f"tiny-{architecture}"))
+            for architecture in ARCHITECTURES}
 
 
 @pytest.fixture(scope="module")

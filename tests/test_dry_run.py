@@ -57,6 +57,25 @@ def test_a_context_too_short_for_prompt_and_answer_fails_the_dry_run_and_names_t
     assert "every model has the profile's shape" not in run.stdout
 
 
+def test_a_dry_run_from_another_model_checks_that_models_shape(tmp_path):
+    """``--model``: a tiny Llama (2 layers, width 32) instead of the base GPT, with the gpu profile's bf16.
+
+    This run found that trl's trainers leave a bf16 autocast wrapper on the models they train: the
+    reward model's normalisation statistics came out in bfloat16, with a spread of exactly 0, and
+    PPO's rewards were infinite (``sft.trained_model`` now takes the wrapper off)."""
+    from rlhf_helpers import tokenizers
+    from tests.test_any_model import save_tiny_model
+
+    folder = save_tiny_model("llama", tokenizers.course_tokenizer(), tmp_path / "tiny-llama")
+    artifacts = tmp_path / "dry"
+    run = dry_run_cli("--model", str(folder), artifacts=artifacts)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert ("✓ every model has the starting model's shape (2 layers, width 32, 4 heads, context 256; LoRA rank 16)"
+            in run.stdout)
+    assert not (artifacts / "base").exists() and model_shape_problems(artifacts, GPU, str(folder)) == []
+    assert "ppo: num_hidden_layers is 2, the profile's is 8" in model_shape_problems(artifacts, GPU)
+
+
 def test_the_dry_run_sizes_cut_amounts_and_keep_every_shape():
     dry = with_sizes(GPU, ",".join(DRY_RUN_SIZES))
     for section, names in SHAPES.items():
