@@ -4,7 +4,7 @@
 #   make test    set up (first time only) and run every test, notebooks included
 #   make setup   the environment only          make bench   time every lesson
 #   make doctor  check this machine            make build   regenerate lessons/ from solutions/
-#   make dry-run every stage at the gpu profile's shapes, a handful of steps (a minute; make test does it)
+#   make dry-run every stage at the gpu profile's shapes, a few steps (80 s; make test does it)
 #
 # Slower checks for contributors, not run by CI:
 #   make test-portable  the notebooks on a simulated other machine (generic kernels, one thread),

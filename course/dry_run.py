@@ -11,11 +11,11 @@ every amount to a few (``DRY_RUN_SIZES``), and runs the nine stages in order, as
 the notebooks make (``lesson_runs``: lesson 04's rank sweep, lesson 06's over-optimisation). It
 keeps the profile's number format too: the ``gpu`` profile's forward passes run in bfloat16 on a
 CPU as on a GPU (``env.autocast_dtype``), and trl's trainers get ``bf16=True``. The ``gpu`` profile,
-whose real run wants a GPU for hours, dry-runs in about a minute on a 2-core laptop, and
+whose real run wants a GPU for hours, dry-runs in about 80 seconds on a 2-core laptop, and
 ``make test`` does it on every change (``tests/test_dry_run.py``).
 
-``--model`` dry-runs another starting model the same way (every stage after SFT starts from
-it, as with ``python -m course run --model``), before a GPU is rented for it.
+``--model`` dry-runs another starting model the same way (SFT, and every stage after it, starts
+from that model, as with ``python -m course run --model``), before a GPU is rented for it.
 
 Then it checks what it built, and says what it found:
 
