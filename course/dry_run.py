@@ -56,9 +56,10 @@ DRY_RUN_SIZES = (
     "eval_prompts=8",
 )
 LAUNCH_SIZES = (1, 2, 4, 8)  # numbers of processes (GPUs) the profile's batches must split over
-# What the notebooks train beyond the nine stages, at shapes of their own (the rank sweep's ranks,
-# prompt tuning's virtual tokens, the over-optimisation runs' betas): artifact -> (what, builder).
 def lesson_runs() -> dict:
+    """What the notebooks train beyond the nine stages, at shapes of their own (the rank sweep's
+    ranks, prompt tuning's virtual tokens, the over-optimisation runs' betas): artifact -> (what,
+    the function that builds it)."""
     from rlhf_helpers import peft_sft, rlhf
 
     return {"peft_comparison": ("lesson 04's LoRA ranks, IA3 and prompt tuning", peft_sft.peft_comparison_path),
