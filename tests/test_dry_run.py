@@ -35,7 +35,7 @@ def dry_run_cli(*args, artifacts):
 
 
 def test_the_gpu_profile_dry_runs_every_stage_at_its_shapes(tmp_path):
-    """The whole pipeline at the gpu profile's shapes (about a minute here), then its models checked
+    """The whole pipeline at the gpu profile's shapes (about 80 seconds here), then its models checked
     again from outside: each has the gpu profile's depth, width, heads and context, not the cpu's."""
     artifacts = tmp_path / "dry"
     run = dry_run_cli(artifacts=artifacts)
@@ -46,7 +46,6 @@ def test_the_gpu_profile_dry_runs_every_stage_at_its_shapes(tmp_path):
         assert len(list((artifacts / stage).iterdir())) == 1, stage
     assert model_shape_problems(artifacts, GPU) == []
     assert model_shape_problems(artifacts, PROFILES["cpu"]), "the cpu profile's shapes are not what it built"
-
 
 
 def test_a_context_too_short_for_prompt_and_answer_fails_the_dry_run_and_names_the_stage(tmp_path):
@@ -103,9 +102,9 @@ def save_models(folder, gpt, rank):
 def test_the_shape_check_names_a_model_smaller_than_the_profile(tmp_path):
     save_models(tmp_path, GPU.gpt, GPU.peft.r)
     assert model_shape_problems(tmp_path, GPU) == []
-    shallow = replace(GPU, gpt=replace(GPU.gpt, n_layer=GPU.gpt.n_layer + 1, block_size=512),
+    deeper = replace(GPU, gpt=replace(GPU.gpt, n_layer=GPU.gpt.n_layer + 1, block_size=512),
                       peft=replace(GPU.peft, r=4))
-    problems = model_shape_problems(tmp_path, shallow)
+    problems = model_shape_problems(tmp_path, deeper)
     assert "ppo: num_hidden_layers is 8, the profile's is 9" in problems
     assert "base: max_position_embeddings is 256, the profile's is 512" in problems
     assert "sft_lora: LoRA rank 16, the profile's is 4" in problems
