@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import tempfile
 import time
 import traceback
@@ -131,22 +130,6 @@ def model_shape_problems(artifacts: Path, profile, model: str | None = None) -> 
     return problems
 
 
-@contextlib.contextmanager
-def _environment(**values: str):
-    """Set environment variables for the block, then put back what was there (``run`` sets some too)."""
-    names = set(values) | {"RLHF_PROFILE", "RLHF_SIZES"}
-    before = {name: os.environ.get(name) for name in names}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in before.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 def dry_run(profile: str = "gpu", sizes: list[str] = (), folder: Path | None = None,
             model: str | None = None) -> list[str]:
     """Run every stage of ``profile`` at its shapes with ``DRY_RUN_SIZES``; return the problems found.
@@ -159,6 +142,7 @@ def dry_run(profile: str = "gpu", sizes: list[str] = (), folder: Path | None = N
     stage that fails stops the dry run: its traceback is printed, and its error is the problem
     returned (with any batch that would not split).
     """
+    from course.environment import environment_variables
     from rlhf_helpers import models
     from rlhf_helpers.artifacts import ARTIFACTS_VAR
     from rlhf_helpers.env import AUTOCAST_ANY_DEVICE_VAR, PROFILES, SIZES_VAR, get_profile, with_sizes
@@ -176,8 +160,9 @@ def dry_run(profile: str = "gpu", sizes: list[str] = (), folder: Path | None = N
             folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rlhf-dry-run-")))
         every_size = ",".join([*DRY_RUN_SIZES, *sizes])
         # no $RLHF_MODEL of the learner's: the course's base GPT unless ``model`` says otherwise
-        stack.enter_context(_environment(**{ARTIFACTS_VAR: str(folder.resolve()), models.MODEL_VAR: source,
-                                            AUTOCAST_ANY_DEVICE_VAR: "1", SIZES_VAR: every_size}))
+        # everything set here or by the stages (``run`` sets $RLHF_PROFILE) is undone at the end
+        stack.enter_context(environment_variables({ARTIFACTS_VAR: str(folder.resolve()), models.MODEL_VAR: source,
+                                                   AUTOCAST_ANY_DEVICE_VAR: "1", SIZES_VAR: every_size}))
         print(f"Dry run of the {name} profile: its shapes, a handful of steps, every stage"
               + (f" from {source}" if source else "")
               + f" (artifacts in {folder}; sizes {every_size.replace(',', ', ')}).", flush=True)

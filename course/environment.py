@@ -15,6 +15,7 @@ This module uses the standard library only: it runs before anything is installed
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -31,6 +32,19 @@ MIN_PYTHON = (3, 11)
 # JupyterLab's own setting names (apputils-extension:notification); "false" is "Never".
 LAB_OVERRIDES = {"@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": False}}
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+@contextlib.contextmanager
+def environment_variables(values: dict[str, str]):
+    """Set ``values`` in ``os.environ`` for the block; afterwards every variable is as it was
+    before, including any the block itself set."""
+    saved = dict(os.environ)
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def venv_python(venv: Path = VENV) -> Path:

@@ -7,7 +7,6 @@ building and testing always use the same environment whatever kernels are instal
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
 from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 
-from course.environment import KERNEL_DISPLAY_NAME, KERNEL_NAME
+from course.environment import KERNEL_DISPLAY_NAME, KERNEL_NAME, environment_variables
 
 _CURRENT_ENV = "_course_current_env"
 
@@ -42,9 +41,7 @@ def execute(nb: nbformat.NotebookNode, workdir: Path, *, timeout: int = 1200, en
     ``env`` adds environment variables for the kernel. Cells tagged ``raises-exception`` may
     raise; any other error stops the run with nbclient's ``CellExecutionError``.
     """
-    saved = dict(os.environ)
-    os.environ.update(env or {})
-    try:
+    with environment_variables(env or {}):
         km = KernelManager(kernel_name=_CURRENT_ENV, kernel_spec_manager=_CurrentEnvSpecs())
         client = NotebookClient(nb, km=km, timeout=timeout, record_timing=False,
                                 resources={"metadata": {"path": str(workdir)}})
@@ -53,8 +50,5 @@ def execute(nb: nbformat.NotebookNode, workdir: Path, *, timeout: int = 1200, en
         finally:
             if km.has_kernel:
                 km.shutdown_kernel(now=True)  # nbclient leaves a kernel it did not start running
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
     nb.metadata["kernelspec"] = course_kernelspec()
     return nb

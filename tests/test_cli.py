@@ -91,3 +91,22 @@ def test_without_the_environment_a_command_says_to_set_it_up(tmp_path, monkeypat
     monkeypatch.setenv(REEXEC_VAR, "1")  # .venv's own Python lacks torch: never start itself again
     with pytest.raises(SystemExit, match="is incomplete"):
         in_course_environment(["memory"], venv=tmp_path)
+
+
+def test_environment_variables_puts_back_what_the_block_found(monkeypatch):
+    """What the dry run and the notebook builds use: set for the block, then every variable as before,
+    including one the block set itself (``course run`` sets $RLHF_PROFILE) and one it removed."""
+    import os
+
+    from course.environment import environment_variables
+
+    monkeypatch.setenv("RLHF_KEPT", "before")
+    monkeypatch.delenv("RLHF_SET_INSIDE", raising=False)
+    with environment_variables({"RLHF_KEPT": "inside"}):
+        assert os.environ["RLHF_KEPT"] == "inside"
+        os.environ["RLHF_SET_INSIDE"] = "x"
+    assert os.environ["RLHF_KEPT"] == "before" and "RLHF_SET_INSIDE" not in os.environ
+    with pytest.raises(KeyError), environment_variables({"RLHF_KEPT": "inside"}):
+        del os.environ["RLHF_KEPT"]
+        raise KeyError("the block fails")
+    assert os.environ["RLHF_KEPT"] == "before"
